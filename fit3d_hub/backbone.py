@@ -1,0 +1,44 @@
+"""Building the timm ViTs that FiT3D pairs up (weights are loaded elsewhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import timm
+from torch import nn
+
+from fit3d_hub.errors import UnknownModelError
+
+
+def create_vit(architecture: str, model_args: Mapping[str, Any] | None = None,
+               pretrained_cfg: Mapping[str, Any] | None = None) -> nn.Module:
+    """A randomly initialised timm ViT without classifier, accepting any patch-multiple size.
+
+    ``architecture`` is a timm name, with or without pretrained tag. Weights are never
+    downloaded here: loading goes through :mod:`fit3d_hub.hub` so cache, revision and
+    offline mode are honoured in one place.
+    """
+    args = dict(model_args or {})
+    args.pop("pretrained", None)
+    args["num_classes"] = 0
+    args["dynamic_img_size"] = True
+    if pretrained_cfg is not None:
+        args["pretrained_cfg"] = dict(pretrained_cfg)
+    if not timm.is_model(architecture.split(".", 1)[0]):
+        raise UnknownModelError(f"unknown timm architecture {architecture!r}")
+    try:
+        model = timm.create_model(architecture, pretrained=False, **args)
+    except TypeError as err:
+        raise UnknownModelError(f"timm cannot build {architecture!r} with model_args "
+                                f"{sorted(args)}: {err}") from None
+    if not all(hasattr(model, a) for a in ("patch_embed", "num_prefix_tokens", "forward_features")):
+        raise UnknownModelError(f"{architecture!r} is not a timm Vision Transformer "
+                                "(FiT3D needs patch tokens)")
+    return model.eval()
+
+
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Names of the classifier modules in a timm pretrained checkpoint (dropped: num_classes=0)."""
+    classifier = model.pretrained_cfg.get("classifier", "head")
+    return tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)

@@ -1,0 +1,40 @@
+"""One error type per failure, all under :class:`FiT3DError`, each with a one-line message."""
+
+from __future__ import annotations
+
+
+class FiT3DError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class UnknownModelError(FiT3DError, ValueError):
+    """A name that is neither a registry entry, a hub repo id nor a local directory."""
+
+
+class InputShapeError(FiT3DError, ValueError):
+    """An input tensor of the wrong rank, channel count or spatial size."""
+
+
+class RepoFormatError(FiT3DError, ValueError):
+    """A model directory or hub repo whose config.json is missing or malformed."""
+
+
+class CheckpointError(FiT3DError, ValueError):
+    """A weights file that cannot be read, or whose keys or shapes do not fit the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint that would run code (or load non-tensor objects) when unpickled."""
+
+
+class HubFileNotFoundError(FiT3DError, FileNotFoundError):
+    """The hub answered, and the repo, revision or file does not exist (or is gated)."""
+
+
+class NotCachedError(FiT3DError, FileNotFoundError):
+    """Files needed offline (or with the hub unreachable) that are not in the local cache."""
+
+    def __init__(self, message: str, missing: list[str], command: str | None = None):
+        super().__init__(message)
+        self.missing = missing
+        self.command = command

@@ -1,0 +1,213 @@
+"""``load_fit3d``: registry name, hub repo id or local directory -> a ready :class:`FiT3D`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fit3d_hub.backbone import classifier_prefixes, create_vit
+from fit3d_hub.errors import HubFileNotFoundError, RepoFormatError, UnknownModelError
+from fit3d_hub.hub import HubFile, download_command, fetch
+from fit3d_hub.model import MODES, FiT3D
+from fit3d_hub.registry import BackboneSpec, get_spec, is_registered
+from fit3d_hub.repo_format import (
+    BASE_WEIGHTS_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    BaseRef,
+    RepoConfig,
+    read_config,
+)
+from fit3d_hub.weights import drop_prefixes, load_strict, read_state_dict
+
+
+@dataclass
+class ResolvedModel:
+    """Where a model's config and weights are on this machine (``None``: not needed/random)."""
+
+    config: RepoConfig
+    finetuned_path: Path | None
+    base_path: Path | None
+    base_from_timm: bool
+    """The base file is a timm hub checkpoint (may carry a classifier to drop)."""
+    random: bool = False
+    """Built with random weights (``pretrained=False``)."""
+
+
+def _is_pathlike(name: str) -> bool:
+    """A string meant as a path, not as an ``owner/name`` hub repo id."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def registry_config(spec: BackboneSpec) -> RepoConfig:
+    """The repo config a registry entry stands for (the tagged timm id carries pretrained_cfg)."""
+    fit3d = {
+        "name": spec.name,
+        "base_model": spec.base_model,
+        "base": BaseRef(spec.base_repo).to_json(),
+        "patch_size": spec.patch_size,
+        "embed_dim": spec.embed_dim,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "training": ({"release": "authors",
+                      "source": f"{spec.finetuned_repo}:{spec.finetuned_file}"}
+                     if spec.has_finetuned_weights else {}),
+    }
+    return RepoConfig(spec.base_model, dict(spec.model_args), {}, fit3d)
+
+
+def resolve(
+    name_or_path: str | os.PathLike,
+    *,
+    mode: str = "concat",
+    pretrained: bool = True,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+) -> ResolvedModel:
+    """Find (downloading through the hub cache where allowed) what ``mode`` needs."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    need_orig = mode in ("concat", "original")
+    need_fine = mode in ("concat", "finetuned")
+    name = os.fspath(name_or_path)
+    hint = download_command(name, revision=revision, cache_dir=cache_dir)
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _resolve_repo_dir(local, need_orig, need_fine, pretrained, cache_dir,
+                                 local_files_only, hint)
+    if is_registered(name):
+        spec = get_spec(name)
+        config = registry_config(spec)
+        if not pretrained:
+            return ResolvedModel(config, None, None, base_from_timm=True, random=True)
+        if need_fine and not spec.has_finetuned_weights:
+            raise HubFileNotFoundError(
+                f"{spec.name}: no fine-tuned weights were released; fine-tune one with "
+                "`python -m training.finetune` and load its output directory, or use "
+                "mode='original' or pretrained=False")
+        base = HubFile(spec.base_repo, WEIGHTS_NAME)
+        fine = HubFile(spec.finetuned_repo, spec.finetuned_file, revision)
+        wanted = [f for f, need in ((base, need_orig), (fine, need_fine)) if need]
+        paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only,
+                      command=download_command(spec.name, revision=revision, cache_dir=cache_dir))
+        return ResolvedModel(config, paths.get(fine), paths.get(base), base_from_timm=True)
+    if _is_pathlike(name):
+        raise UnknownModelError(f"{name}: no such model directory")
+    if name.count("/") != 1:
+        get_spec(name)  # raises the error that lists the registry names
+    return _resolve_hub_repo(name, need_orig, need_fine, pretrained, revision, cache_dir,
+                             local_files_only, hint)
+
+
+def _base_ref_file(config: RepoConfig, where: str) -> HubFile:
+    ref = config.base
+    if ref is None:
+        raise RepoFormatError(f"{where}: has no {BASE_WEIGHTS_NAME} and config.json 'fit3d.base' "
+                              "is null, so the original backbone cannot be found")
+    return HubFile(ref.repo_id, ref.filename, ref.revision)
+
+
+def _resolve_repo_dir(directory: Path, need_orig: bool, need_fine: bool, pretrained: bool,
+                      cache_dir, local_files_only, hint: str) -> ResolvedModel:
+    config = read_config(directory / CONFIG_NAME)
+    if not pretrained:
+        return ResolvedModel(config, None, None, base_from_timm=False, random=True)
+    fine = directory / WEIGHTS_NAME
+    if need_fine and not fine.is_file():
+        raise RepoFormatError(f"{fine}: missing; a FiT3D repo needs the fine-tuned weights")
+    base, from_timm = None, False
+    if need_orig:
+        base = directory / BASE_WEIGHTS_NAME
+        if not base.is_file():
+            ref = _base_ref_file(config, str(directory))
+            base = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
+                         command=hint)[ref]
+            from_timm = True
+    return ResolvedModel(config, fine if need_fine else None, base, from_timm)
+
+
+def _resolve_hub_repo(repo_id: str, need_orig: bool, need_fine: bool, pretrained: bool,
+                      revision, cache_dir, local_files_only, hint: str) -> ResolvedModel:
+    cfg = HubFile(repo_id, CONFIG_NAME, revision)
+    fine = HubFile(repo_id, WEIGHTS_NAME, revision)
+    embedded = HubFile(repo_id, BASE_WEIGHTS_NAME, revision, optional=True)
+    wanted = [cfg]
+    if pretrained:
+        wanted += [f for f, need in ((fine, need_fine), (embedded, need_orig)) if need]
+    paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only, command=hint)
+    config = read_config(paths[cfg])
+    if not pretrained:
+        return ResolvedModel(config, None, None, base_from_timm=False, random=True)
+    base, from_timm = paths.get(embedded), False
+    if need_orig and base is None:
+        ref = _base_ref_file(config, repo_id)
+        base = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
+                     command=hint)[ref]
+        from_timm = True
+    return ResolvedModel(config, paths.get(fine), base, from_timm)
+
+
+def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = None) -> FiT3D:
+    """Instantiate both backbones from a resolved model and load their weights strictly."""
+    config = resolved.config
+
+    def backbone(path: Path | None, from_timm: bool) -> torch.nn.Module:
+        vit = create_vit(config.architecture, config.model_args, config.pretrained_cfg or None)
+        if path is not None:
+            state = read_state_dict(path)
+            if from_timm:
+                state = drop_prefixes(state, classifier_prefixes(vit))
+            load_strict(vit, state, str(path))
+        return vit.eval()
+
+    original = (backbone(resolved.base_path, resolved.base_from_timm)
+                if mode in ("concat", "original") else None)
+    finetuned = (backbone(resolved.finetuned_path, False)
+                 if mode in ("concat", "finetuned") else None)
+    model = FiT3D(original, finetuned, mode=mode, pad=pad)
+    model.fit3d_config = dict(config.fit3d)
+    if resolved.random:
+        # Random weights have no hub source that a saved repo could point at.
+        model.fit3d_config["base"] = None
+        model.fit3d_config["training"] = {"init": "random (pretrained=False)"}
+    return model.eval()
+
+
+def load_fit3d(
+    name_or_path: str | os.PathLike,
+    *,
+    mode: str = "concat",
+    pretrained: bool = True,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    pad: str | None = None,
+) -> FiT3D:
+    """Load an original + 3D-aware fine-tuned backbone pair, in eval mode.
+
+    Args:
+        name_or_path: a registry name (``"dinov2_small"``, see :func:`list_models`; the
+            authors' hubconf names such as ``"dinov2_small_fine"`` work too), a hub repo id,
+            or a local directory in the repo format.
+        mode: ``"concat"``, ``"finetuned"`` or ``"original"``; the last two load and run
+            one backbone only.
+        pretrained: ``False`` builds the architecture with random weights (no download).
+        revision: branch, tag or commit of the fine-tuned weights' repo.
+        cache_dir: Hugging Face cache directory (default: the hub's).
+        local_files_only: only use the cache; ``None`` follows ``HF_HUB_OFFLINE``.
+        device, dtype: moved to these after loading.
+        pad: ``None`` or ``"center"`` (see :class:`FiT3D`).
+    """
+    resolved = resolve(name_or_path, mode=mode, pretrained=pretrained, revision=revision,
+                       cache_dir=cache_dir, local_files_only=local_files_only)
+    model = build(resolved, mode=mode, pad=pad)
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model

@@ -1,0 +1,212 @@
+"""The FiT3D module: an original ViT and its 3D-aware fine-tuned twin, features side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fit3d_hub.errors import InputShapeError
+
+MODES = ("concat", "finetuned", "original")
+PAD_MODES = (None, "center")
+
+
+class FiT3DFeatures(NamedTuple):
+    """What :meth:`FiT3D.forward_features` returns.
+
+    ``original`` / ``finetuned`` are ``None`` for a branch the mode does not run. ``cls_token``
+    is the original model's CLS token, or the fine-tuned model's in ``"finetuned"`` mode.
+    """
+
+    features: torch.Tensor
+    original: torch.Tensor | None
+    finetuned: torch.Tensor | None
+    cls_token: torch.Tensor
+
+
+def patch_size_of(vit: nn.Module) -> int:
+    """Square patch size of a timm ViT."""
+    size = vit.patch_embed.patch_size
+    size = size if isinstance(size, int) else tuple(size)
+    if isinstance(size, tuple):
+        if size[0] != size[1]:
+            raise ValueError(f"non-square patches {size} are not supported")
+        size = size[0]
+    return int(size)
+
+
+def patch_tokens_nchw(vit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last block, final norm: patch tokens as NCHW and the first prefix (CLS) token.
+
+    Register tokens and the CLS token are dropped from the map; ``x`` must already be a
+    multiple of the patch size.
+    """
+    tokens = vit.forward_features(x)
+    p = vit.patch_embed.patch_size[0]
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    patches = tokens[:, vit.num_prefix_tokens:]
+    fmap = patches.unflatten(1, (h, w)).permute(0, 3, 1, 2)
+    return fmap, tokens[:, 0]
+
+
+def _nearest_multiples(n: int, p: int) -> tuple[int, int]:
+    low = (n // p) * p
+    return (low if low > 0 else p), low + p
+
+
+class FiT3D(nn.Module):
+    """Original + 3D-aware fine-tuned ViT (FiT3D, ECCV 2024) as one feature extractor.
+
+    ``forward(x)`` maps ``(B, 3, H, W)`` images (normalised as :func:`fit3d_hub.get_transform`
+    does) to ``(B, out_channels, H/p, W/p)`` patch features from the last block after the
+    final norm; in ``"concat"`` mode the channels are ``[original | finetuned]``.
+
+    Args:
+        original: the base timm ViT (may be ``None`` in ``"finetuned"`` mode).
+        finetuned: the fine-tuned timm ViT of the same architecture (may be ``None`` in
+            ``"original"`` mode).
+        mode: ``"concat"`` (the paper's assembly), ``"finetuned"`` or ``"original"``; the
+            last two run one backbone only.
+        pad: ``None`` (sizes must be multiples of the patch size) or ``"center"`` (zero-pad
+            each side evenly up to the next multiple, as the authors' evaluation does).
+    """
+
+    def __init__(
+        self,
+        original: nn.Module | None,
+        finetuned: nn.Module | None,
+        mode: str = "concat",
+        pad: str | None = None,
+    ):
+        super().__init__()
+        present = [m for m in (original, finetuned) if m is not None]
+        if not present:
+            raise ValueError("FiT3D needs at least one backbone (original or finetuned)")
+        if original is not None and finetuned is not None:
+            _check_twins(original, finetuned)
+        self.original = original
+        self.finetuned = finetuned
+        ref = present[0]
+        self.patch_size = patch_size_of(ref)
+        self.embed_dim = int(ref.embed_dim)
+        self.num_prefix_tokens = int(ref.num_prefix_tokens)
+        self._mode = "concat"
+        self.mode = mode
+        self.pad = pad
+        # Plain-data provenance written into config.json["fit3d"] by save_pretrained:
+        # where the original weights come from, registry name, training details.
+        self.fit3d_config: dict[str, Any] = {}
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {value!r}")
+        needs = {"concat": ("original", "finetuned"), "finetuned": ("finetuned",),
+                 "original": ("original",)}[value]
+        absent = [n for n in needs if getattr(self, n) is None]
+        if absent:
+            raise ValueError(f"mode {value!r} needs the {' and '.join(absent)} backbone, "
+                             "which this model was loaded without")
+        self._mode = value
+
+    @property
+    def pad(self) -> str | None:
+        return self._pad
+
+    @pad.setter
+    def pad(self, value: str | None) -> None:
+        if value not in PAD_MODES:
+            raise ValueError(f"pad must be None or 'center'; got {value!r}")
+        self._pad = value
+
+    @property
+    def out_channels(self) -> int:
+        return self.embed_dim * (2 if self._mode == "concat" else 1)
+
+    def extra_repr(self) -> str:
+        return (f"mode={self._mode!r}, patch_size={self.patch_size}, embed_dim={self.embed_dim}, "
+                f"out_channels={self.out_channels}, pad={self._pad!r}")
+
+    # -- forward -------------------------------------------------------------------------
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputShapeError(f"expected images as a (B, 3, H, W) tensor; got {shape}")
+        h, w = x.shape[-2:]
+        p = self.patch_size
+        if h % p == 0 and w % p == 0:
+            return x
+        if self._pad == "center":
+            ph, pw = (-h) % p, (-w) % p
+            return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        hs, ws = _nearest_multiples(h, p), _nearest_multiples(w, p)
+        raise InputShapeError(
+            f"input size {h}x{w} is not a multiple of the patch size {p}; nearest valid sizes: "
+            f"{hs[0]}x{ws[0]} or {hs[1]}x{ws[1]} (or load with pad='center')"
+        )
+
+    def forward_features(self, x: torch.Tensor) -> FiT3DFeatures:
+        """Features of both branches (as the mode runs them) plus the CLS token."""
+        x = self._prepare(x)
+        orig = fine = None
+        if self._mode in ("concat", "original"):
+            orig, cls = patch_tokens_nchw(self.original, x)
+        if self._mode in ("concat", "finetuned"):
+            fine, fine_cls = patch_tokens_nchw(self.finetuned, x)
+            if orig is None:
+                cls = fine_cls
+        if self._mode == "concat":
+            features = torch.cat([orig, fine], dim=1)
+        else:
+            features = orig if orig is not None else fine
+        return FiT3DFeatures(features, orig, fine, cls)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, out_channels, H/p, W/p)``."""
+        return self.forward_features(x).features
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, *, include_base: bool | None = None,
+                        card: str | None = None) -> Path:
+        """Write the repo format (config.json, model.safetensors, [base.safetensors], README.md).
+
+        ``include_base=None`` embeds the original weights only when they have no hub source.
+        """
+        from fit3d_hub.repo_format import save_repo
+
+        return save_repo(self, Path(directory), include_base=include_base, card=card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Save to a temporary directory and upload it as a hub model repo; returns the commit URL.
+
+        Keyword arguments are those of :func:`fit3d_hub.hub.push_directory` plus
+        ``include_base``.
+        """
+        import tempfile
+
+        from fit3d_hub.hub import push_directory
+
+        include_base = kwargs.pop("include_base", None)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, include_base=include_base)
+            return push_directory(tmp, repo_id, **kwargs)
+
+
+def _check_twins(original: nn.Module, finetuned: nn.Module) -> None:
+    """Both backbones must produce features on the same grid with the same width."""
+    for attr in ("embed_dim", "num_prefix_tokens"):
+        a, b = getattr(original, attr, None), getattr(finetuned, attr, None)
+        if a != b:
+            raise ValueError(f"original and finetuned backbones differ in {attr}: {a} vs {b}")
+    if patch_size_of(original) != patch_size_of(finetuned):
+        raise ValueError("original and finetuned backbones differ in patch size: "
+                         f"{patch_size_of(original)} vs {patch_size_of(finetuned)}")

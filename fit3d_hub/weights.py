@@ -1,0 +1,136 @@
+"""Reading and writing state dicts: safetensors everywhere, pickles only with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fit3d_hub.errors import CheckpointError, UnsafeCheckpointError
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_WRAPPER_KEYS = ("state_dict", "model")
+_MAX_KEYS_SHOWN = 6
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict on CPU from ``.safetensors`` or a pickled ``.pth``/``.pt``/``.bin``.
+
+    Pickles are read with ``torch.load(weights_only=True)``: a file that would run code on
+    unpickling raises :class:`UnsafeCheckpointError` and nothing in it runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file (truncated or corrupt?): {err}"
+            ) from None
+        return state
+    if path.suffix in PICKLE_SUFFIXES:
+        return _read_pickle(path)
+    raise CheckpointError(
+        f"{path}: unknown weights format; expected .safetensors or one of "
+        f"{', '.join(PICKLE_SUFFIXES)}"
+    )
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: refused to unpickle: the file holds objects other than tensors "
+            f"(weights_only=True): {first}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                              ) from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and set(obj) == {key}:
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor); "
+                              f"got {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items()}
+
+
+def drop_prefixes(state: Mapping[str, torch.Tensor],
+                  prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+    """State dict without the keys under any of ``prefixes`` (e.g. a classifier ``head``)."""
+    dotted = tuple(p + "." for p in prefixes if p)
+    return {k: v for k, v in state.items() if not k.startswith(dotted)}
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
+    extra = len(keys) - _MAX_KEYS_SHOWN
+    return shown + (f" (+{extra} more)" if extra > 0 else "")
+
+
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with an error naming what does not fit."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listing(unexpected)}")
+        raise CheckpointError(f"{source}: checkpoint does not match the model; " + "; ".join(parts))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+             for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{source}: checkpoint shapes do not match the model "
+                              f"(checkpoint vs model): {_listing(wrong)}")
+    model.load_state_dict(state, strict=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file beside ``path``; on success it replaces ``path``, else vanishes.
+
+    A reader never sees a half-written file, and a killed writer leaves the old one intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``state`` as safetensors atomically."""
+    # clone(): safetensors refuses tensors that share storage; the copy is brief and on CPU.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,142 @@
+"""save_pretrained / load_fit3d round trips through directories and cached hub repos."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import timm
+import torch
+from helpers import by_hand, put_in_cache
+
+import fit3d_hub.weights as weights
+from fit3d_hub import FiT3D, NotCachedError, RepoFormatError, load_fit3d
+from fit3d_hub.repo_format import read_config, validate_repo
+
+X = torch.randn(1, 3, 28, 28)
+
+
+def _files(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_round_trip_self_contained(tiny_pair, tmp_path):
+    model = FiT3D(*tiny_pair)
+    model.save_pretrained(tmp_path / "repo")
+    assert _files(tmp_path / "repo") == ["README.md", "base.safetensors", "config.json",
+                                         "model.safetensors"]
+    loaded = load_fit3d(tmp_path / "repo")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), by_hand(*tiny_pair, X), rtol=0, atol=0)
+
+
+def test_config_is_timm_format_plus_fit3d_block(tiny_pair, tmp_path):
+    FiT3D(*tiny_pair).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    assert raw["architecture"] == "vit_small_patch14_dinov2"
+    assert raw["num_features"] == 32
+    assert raw["model_args"]["embed_dim"] == 32 and raw["model_args"]["depth"] == 2
+    assert raw["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
+    fit3d = raw["fit3d"]
+    assert fit3d["base"] is None and fit3d["fusion"] == "concat" and fit3d["layer"] == -1
+    assert fit3d["patch_size"] == 14 and fit3d["embed_dim"] == 32 and fit3d["norm"] is True
+
+
+def test_finetuned_backbone_loads_with_plain_timm(tiny_pair, tmp_path):
+    FiT3D(*tiny_pair).save_pretrained(tmp_path)
+    vit = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(X), tiny_pair[1].forward_features(X))
+
+
+def test_hub_reference_instead_of_embedded_base(hub_cache, tiny_pair, tmp_path):
+    model = load_fit3d("tiny_dinov2", cache_dir=hub_cache)
+    out = tmp_path / "repo"
+    (out).mkdir()
+    (out / "base.safetensors").write_bytes(b"stale")  # must not shadow the hub reference
+    model.save_pretrained(out)
+    assert _files(out) == ["README.md", "config.json", "model.safetensors"]
+    assert read_config(out / "config.json").base.repo_id == "timm/vit_small_patch14_dinov2.lvd142m"
+    loaded = load_fit3d(out, cache_dir=hub_cache)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), by_hand(*tiny_pair, X), rtol=0, atol=0)
+    # Without the cached base, offline loading says what is missing and how to get it.
+    expected = re.escape("timm/vit_small_patch14_dinov2.lvd142m:model")
+    with pytest.raises(NotCachedError, match=expected):
+        load_fit3d(out, cache_dir=tmp_path / "empty")
+
+
+def test_hub_repo_from_cache_with_embedded_base(tiny_pair, tmp_path):
+    FiT3D(*tiny_pair).save_pretrained(tmp_path / "repo")
+    files = {p.name: p for p in (tmp_path / "repo").iterdir()}
+    cache = tmp_path / "cache"
+    commit = put_in_cache(cache, "someone/fit3d-tiny", files)
+    for revision in (None, "main", commit):
+        loaded = load_fit3d("someone/fit3d-tiny", cache_dir=cache, revision=revision)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(X), by_hand(*tiny_pair, X), rtol=0, atol=0)
+
+
+def test_hub_repo_with_base_reference(hub_cache, tiny_pair, tmp_path):
+    load_fit3d("tiny_dinov2", cache_dir=hub_cache).save_pretrained(tmp_path / "repo")
+    files = {p.name: p for p in (tmp_path / "repo").iterdir()}
+    put_in_cache(hub_cache, "someone/fit3d-ref", files)
+    loaded = load_fit3d("someone/fit3d-ref", cache_dir=hub_cache)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), by_hand(*tiny_pair, X), rtol=0, atol=0)
+
+
+def test_single_branch_models_save_what_they_can(hub_cache, tmp_path):
+    original_only = load_fit3d("tiny_dinov2", cache_dir=hub_cache, mode="original")
+    with pytest.raises(RepoFormatError, match="without its fine-tuned backbone"):
+        original_only.save_pretrained(tmp_path / "a")
+    finetuned_only = load_fit3d("tiny_dinov2", cache_dir=hub_cache, mode="finetuned")
+    with pytest.raises(RepoFormatError, match="without its original backbone"):
+        finetuned_only.save_pretrained(tmp_path / "b", include_base=True)
+    finetuned_only.save_pretrained(tmp_path / "c")
+    assert validate_repo(tmp_path / "c").base is not None
+
+
+def test_interrupted_save_keeps_the_old_repo(tiny_pair, tmp_path, monkeypatch):
+    FiT3D(*tiny_pair).save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(weights, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        FiT3D(tiny_pair[1], tiny_pair[0]).save_pretrained(tmp_path)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # no half-written file, no temporary left behind
+
+
+@pytest.mark.parametrize("text, field", [
+    ("{not json", "not valid JSON"),
+    ("[]", "JSON object"),
+    ('{"fit3d": {}}', "'architecture' must be a str"),
+    ('{"architecture": "vit_small_patch14_dinov2"}', "no 'fit3d' block"),
+    ('{"architecture": "x", "fit3d": {"base": {"filename": "m"}}}', "'fit3d.base.repo_id'"),
+    ('{"architecture": "x", "model_args": [1], "fit3d": {}}', "'model_args' must be an object"),
+])
+def test_malformed_config_names_file_and_field(tmp_path, text, field):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(RepoFormatError) as err:
+        load_fit3d(tmp_path)
+    assert str(tmp_path / "config.json") in str(err.value) and field in str(err.value)
+
+
+def test_validate_repo_catches_missing_and_corrupt_weights(tiny_pair, tmp_path):
+    FiT3D(*tiny_pair).save_pretrained(tmp_path)
+    validate_repo(tmp_path)
+    (tmp_path / "base.safetensors").write_bytes(b"\x00" * 16)
+    expected = re.escape("base.safetensors: not a readable safetensors")
+    with pytest.raises(RepoFormatError, match=expected):
+        validate_repo(tmp_path)
+    (tmp_path / "base.safetensors").unlink()
+    with pytest.raises(RepoFormatError, match=re.escape("'fit3d.base' is null")):
+        validate_repo(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(RepoFormatError, match=re.escape("model.safetensors: missing")):
+        validate_repo(tmp_path)
