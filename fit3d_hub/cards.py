@@ -16,6 +16,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.jsonio import read_json_object
 from fit3d_hub.registry import REGISTRY
 from fit3d_hub.repo_format import RepoConfig
 
@@ -56,13 +57,7 @@ def template_text() -> str:
 def load_results(path: str | Path) -> list[Result]:
     """Read measured results (``{"results": [{task, dataset, metric, value, variant}, ...]}``)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RepoFormatError(f"{path}: no such results file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RepoFormatError(f"{path}: not valid JSON ({err})") from None
-    rows = raw.get("results") if isinstance(raw, dict) else None
+    rows = read_json_object(path, missing="no such results file").get("results")
     if not isinstance(rows, list):
         raise RepoFormatError(f"{path}: expected an object with a 'results' list")
     out = []

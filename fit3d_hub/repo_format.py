@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.jsonio import read_json_object
 from fit3d_hub.weights import save_state_dict, write_text_atomic
 
 if TYPE_CHECKING:
@@ -59,14 +60,7 @@ class RepoConfig:
 def read_config(path: str | Path) -> RepoConfig:
     """Parse and check a repo's config.json; errors name the file and the field."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RepoFormatError(f"{path}: missing; a FiT3D repo needs {CONFIG_NAME}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RepoFormatError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise RepoFormatError(f"{path}: expected a JSON object at the top level")
+    raw = read_json_object(path, missing=f"missing; a FiT3D repo needs {CONFIG_NAME}")
 
     def need(obj: dict, key: str, kind: type, where: str = "") -> Any:
         value = obj.get(key)

@@ -72,7 +72,7 @@ def test_other_weights_do_not_claim_the_papers_results():
 
 
 @pytest.mark.parametrize("payload, message", [
-    ("{", "not valid JSON"),
+    ("{", "malformed JSON"),
     ('{"rows": []}', "'results' list"),
     ('{"results": [{"task": "t", "dataset": "d", "metric": "m"}]}', "results[0]: field 'value'"),
     ('{"results": [{"task": "t", "dataset": "d", "metric": "m", "value": "NaN"}]}', "'value'"),

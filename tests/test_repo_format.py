@@ -113,7 +113,7 @@ def test_interrupted_save_keeps_the_old_repo(tiny_pair, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, field", [
-    ("{not json", "not valid JSON"),
+    ("{not json", "malformed JSON"),
     ("[]", "JSON object"),
     ('{"fit3d": {}}', "'architecture' must be a str"),
     ('{"architecture": "vit_small_patch14_dinov2"}', "no 'fit3d' block"),
