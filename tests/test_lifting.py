@@ -1,0 +1,194 @@
+"""Stage 1 on CPU: gradient separation, densification, teacher cache, and a real small lift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fit3d_hub import FiT3D
+from fit3d_hub.backbone import create_vit
+from training.data.scene import load_rgb, load_scene
+from training.data.synthetic import generate
+from training.lifting.gaussians import GEOMETRY, FeatureGaussians
+from training.lifting.io import is_finished, load_lifted, save_lifted
+from training.lifting.losses import ssim
+from training.lifting.strategy import OpacityResetStrategy, reset_is_due
+from training.lifting.teacher import compute_teacher_features, upsample_teacher
+from training.lifting.trainer import (
+    LiftConfig,
+    SceneViews,
+    evaluate,
+    lift_scene,
+    render_views,
+    step_losses,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    path = generate(tmp_path_factory.mktemp("lift"), scenes=1, views=16, size=48, seed=0)[0]
+    return load_scene(path)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """A tiny patch-8 ViT without position embeddings: its features depend on what a patch
+    shows, not where it sits in the frame, so a consistent 3D field can explain them (a
+    random position embedding would make every view's features its own)."""
+    torch.manual_seed(0)
+    vit = create_vit("vit_small_patch8_224", {"embed_dim": 32, "depth": 2, "num_heads": 2,
+                                              "img_size": 48})
+    with torch.no_grad():
+        vit.pos_embed.zero_()
+    return FiT3D(vit, None, mode="original")
+
+
+@pytest.fixture(scope="module")
+def views(scene, teacher):
+    feats = compute_teacher_features(teacher, [load_rgb(f.image_path) for f in scene.frames])
+    return SceneViews.load(scene, feats, 1.0, CPU)
+
+
+@pytest.fixture(scope="module")
+def lifted(scene, views):
+    config = LiftConfig(iterations=200, max_points=1500, holdout_every=4, refine_start_iter=50,
+                        refine_every=25, refine_stop_iter=150, reset_every=100,
+                        sh_degree_interval=50)
+    initial = FeatureGaussians.initialise(scene, feature_dim=64, teacher_dim=32, sh_degree=3,
+                                          max_points=1500)
+    before = evaluate(initial, views, "torch", config, range(len(scene.frames)))
+    result = lift_scene(scene, views, config, backend="torch", device=CPU)
+    return before, result, config
+
+
+def test_feature_loss_puts_exactly_zero_gradient_on_geometry(scene, views):
+    g = FeatureGaussians.initialise(scene, feature_dim=16, teacher_dim=32, sh_degree=1,
+                                    max_points=500)
+    with torch.no_grad():  # anisotropic, rotated Gaussians: every geometry input matters
+        g.splats["quats"].add_(0.3 * torch.randn_like(g.splats["quats"]))
+        g.splats["scales"].add_(0.3 * torch.randn_like(g.splats["scales"]))
+    out = render_views(g, views, 0, "torch", sh_degree=1)
+    l_rgb, l_feat = step_losses(out, views, 0, LiftConfig())
+    l_feat.backward(retain_graph=True)
+    for name in GEOMETRY:
+        grad = g.splats[name].grad
+        assert grad is None or torch.count_nonzero(grad) == 0, name
+    assert torch.count_nonzero(g.splats["features"].grad) > 0
+    assert torch.count_nonzero(g.decoder.weight.grad) > 0
+    g.zero_grad(set_to_none=True)
+    l_rgb.backward()
+    for name in GEOMETRY:
+        assert torch.count_nonzero(g.splats[name].grad) > 0, name
+    assert g.splats["features"].grad is None and g.decoder.weight.grad is None
+
+
+def test_teacher_cache_runs_the_backbone_once_per_view(scene, teacher, monkeypatch):
+    calls = []
+    original_forward = teacher.original.forward_features
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return original_forward(x)
+
+    monkeypatch.setattr(teacher.original, "forward_features", counting)
+    feats = compute_teacher_features(teacher, [load_rgb(f.image_path) for f in scene.frames],
+                                     batch_size=3)
+    assert sum(calls) == len(scene.frames)  # every view exactly once
+    # 48x36 views enter the patch-8 teacher as 48x32 (sides rounded to patch multiples)
+    assert feats.dtype == torch.float16 and feats.shape == (16, 32, 4, 6)
+    views = SceneViews.load(scene, feats, 1.0, CPU)
+    calls.clear()
+    lift_scene(scene, views, LiftConfig(iterations=5, max_points=300), backend="torch",
+               device=CPU)
+    assert calls == []  # training reads the cache, never the backbone
+
+
+def test_teacher_target_is_the_bilinear_upsampling(views):
+    up = upsample_teacher(views.teacher[:1], views.height, views.width)
+    assert up.shape == (1, 32, 36, 48) and up.dtype == torch.float32
+    expected = torch.nn.functional.interpolate(views.teacher[:1].float(), size=(36, 48),
+                                               mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, expected)
+
+
+def test_lifting_improves_rgb_and_features(lifted):
+    before, result, _ = lifted
+    after = result.metrics
+    assert after["psnr"] > before["psnr"] + 3.0
+    assert after["feature_l1"] < 0.8 * before["feature_l1"]
+    assert result.metrics["gaussians"] > 1500  # densification grew the model
+    assert result.metrics["opacity_resets"] >= 1
+
+
+def test_held_out_view_features_beat_a_constant_mean(lifted, scene, views):
+    _, result, config = lifted
+    train = [i for i in range(len(scene.frames)) if i % config.holdout_every != 0]
+    mean_feature = views.teacher[train].float().mean(dim=(0, 2, 3))
+    for held_out in (0, 4):
+        with torch.no_grad():
+            out = render_views(result.gaussians, views, held_out, "torch", config.sh_degree)
+        target = upsample_teacher(views.teacher[held_out:held_out + 1], views.height,
+                                  views.width)
+        rendered = (out["decoded"] - target).abs().mean()
+        constant = (mean_feature.view(1, -1, 1, 1) - target).abs().mean()
+        assert rendered < 0.93 * constant, (held_out, float(rendered), float(constant))
+
+
+def test_lifted_file_round_trip(lifted, tmp_path):
+    _, result, _ = lifted
+    path = save_lifted(tmp_path / "s" / "feature_gaussians.safetensors", result.gaussians,
+                       {"backbone": "tiny", "feature_dim": 64})
+    assert is_finished(path)
+    loaded, meta = load_lifted(path)
+    assert meta["backbone"] == "tiny" and meta["format_version"] == 1
+    for key, value in result.gaussians.state_tensors().items():
+        torch.testing.assert_close(loaded.state_tensors()[key], value)
+    path.write_bytes(path.read_bytes()[:1000])
+    assert not is_finished(path)
+
+
+def test_opacity_reset_runs_on_schedule():
+    assert reset_is_due(3000, 3000, 15_000) and not reset_is_due(0, 3000, 15_000)
+    assert not reset_is_due(15_000, 3000, 15_000) and not reset_is_due(2999, 3000, 15_000)
+    n = 10
+    params = torch.nn.ParameterDict({
+        "means": torch.nn.Parameter(torch.randn(n, 3)),
+        "scales": torch.nn.Parameter(torch.full((n, 3), -3.0)),
+        "quats": torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1)),
+        "opacities": torch.nn.Parameter(torch.full((n,), 3.0)),  # sigmoid ~ 0.95
+    })
+    opts = {k: torch.optim.Adam([{"params": p, "lr": 1e-3, "name": k}])
+            for k, p in params.items()}
+    strategy = OpacityResetStrategy(refine_start_iter=1000, reset_every=200, refine_every=100)
+    state = strategy.initialize_state()
+    means2d = torch.zeros(1, n, 2, requires_grad=True)
+    means2d.sum().backward()
+    info = {"width": 32, "height": 32, "n_cameras": 1, "radii": torch.ones(1, n, 2),
+            "gaussian_ids": None, "means2d": means2d}
+    strategy.step_post_backward(params, opts, state, 199, info)
+    assert torch.sigmoid(params["opacities"]).min() > 0.9
+    strategy.step_post_backward(params, opts, state, 200, info)
+    assert torch.sigmoid(params["opacities"]).max() <= strategy.prune_opa * 2 + 1e-6
+    assert strategy.resets_done == 1
+
+
+def test_ssim_of_identical_images_is_one_and_drops_with_noise():
+    x = torch.rand(1, 3, 24, 24)
+    assert torch.allclose(ssim(x, x), torch.ones_like(x), atol=1e-5)
+    assert ssim(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)).mean() < 0.8
+
+
+def test_random_init_without_points_fills_the_frusta(scene):
+    bare = type(scene)(scene.name, scene.root, scene.frames, None, None)
+    g = FeatureGaussians.initialise(bare, feature_dim=8, teacher_dim=4, sh_degree=0,
+                                    random_points=400)
+    means = g.splats["means"].detach().numpy()
+    assert g.num_gaussians == 400
+    cam = scene.frames[0].camera
+    uv, z = cam.project(means.astype(np.float64))
+    inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) \
+        & (uv[:, 1] < cam.height)
+    assert inside.mean() > 0.05  # a share of the points sits in each camera's frustum

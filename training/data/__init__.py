@@ -1,0 +1,1 @@
+"""Scene readers (nerfstudio, COLMAP) and the synthetic scene generator."""

@@ -1,0 +1,90 @@
+"""nerfstudio ``transforms.json`` as ScanNet++ DSLR ships it after undistortion."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fit3d_hub.jsonio import read_json_object
+from training.data.cameras import Camera, opengl_c2w_to_opencv_w2c
+from training.data.points import read_points
+from training.data.scene import Frame, Scene, SceneError
+
+INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def _number(obj: dict, key: str, where: str, fallback: dict | None = None) -> float:
+    value = obj.get(key, None if fallback is None else fallback.get(key))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SceneError(f"{where}: field {key!r} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def _pose(frame: dict, where: str) -> np.ndarray:
+    raw = frame.get("transform_matrix")
+    try:
+        mat = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        mat = None
+    if mat is None or mat.shape not in ((4, 4), (3, 4)):
+        raise SceneError(f"{where}: field 'transform_matrix' must be a 4x4 (or 3x4) matrix")
+    if mat.shape == (3, 4):
+        mat = np.vstack([mat, [0.0, 0.0, 0.0, 1.0]])
+    if not np.isfinite(mat).all():
+        raise SceneError(f"{where}: field 'transform_matrix' has non-finite values")
+    rot = mat[:3, :3]
+    if abs(np.linalg.det(rot)) < 1e-6:
+        raise SceneError(f"{where}: field 'transform_matrix' is not invertible")
+    return mat
+
+
+def _check_undistorted(obj: dict, where: str) -> None:
+    bad = [k for k in DISTORTION if abs(float(obj.get(k) or 0.0)) > 1e-9]
+    if bad:
+        raise SceneError(f"{where}: distortion {bad} is non-zero; undistort the images first "
+                         "(as ScanNet++'s toolkit does)")
+
+
+def read_nerfstudio_scene(path: Path) -> Scene:
+    """Parse ``transforms.json``; errors name the file and the field (and the frame)."""
+    path = Path(path)
+    root = path.parent
+    meta: dict[str, Any] = read_json_object(path, error=SceneError)
+    frames_raw = meta.get("frames")
+    if not isinstance(frames_raw, list):
+        raise SceneError(f"{path}: field 'frames' must be a list")
+    _check_undistorted(meta, str(path))
+    frames = []
+    for i, fr in enumerate(frames_raw):
+        where = f"{path}: frames[{i}]"
+        if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
+            raise SceneError(f"{where}: field 'file_path' must be a string")
+        _check_undistorted(fr, where)
+        fx, fy, cx, cy, w, h = (_number(fr, k, where, meta) for k in INTRINSICS)
+        if fx <= 0 or fy <= 0 or w < 1 or h < 1 or w != int(w) or h != int(h):
+            raise SceneError(f"{where}: intrinsics must have positive focal lengths and whole "
+                             f"positive w, h; got fl_x={fx}, fl_y={fy}, w={w}, h={h}")
+        w2c = opengl_c2w_to_opencv_w2c(_pose(fr, where))
+        camera = Camera(fx, fy, cx, cy, int(w), int(h), w2c)
+        image = root / fr["file_path"]
+
+        def optional(key: str, fr=fr) -> Path | None:
+            value = fr.get(key)
+            return root / value if isinstance(value, str) else None
+
+        frames.append(Frame(
+            name=Path(fr["file_path"]).stem, image_path=image, camera=camera,
+            mask_path=optional("mask_path"), depth_path=optional("depth_file_path"),
+            label_path=optional("label_file_path"),
+            depth_scale=float(fr.get("depth_scale", meta.get("depth_scale", 1000.0))),
+        ))
+    points = colors = None
+    for name in ("points3D.txt", "points3D.ply", "sparse_pc.ply"):
+        if (root / name).is_file():
+            points, colors = read_points(root / name)
+            break
+    return Scene(root.name, root, frames, points, colors, meta={"format": "nerfstudio"})

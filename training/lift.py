@@ -1,0 +1,170 @@
+"""Stage 1: lift a backbone's 2D features into 3D feature Gaussians, one scene at a time.
+
+    accelerate launch -m training.lift --scenes PATH --backbone NAME_OR_DIR --output DIR \
+        [--iterations 30000] [--feature-dim 64] [--backend auto|gsplat|torch] [--downscale F]
+
+(plain ``python -m training.lift`` works too). Scenes are sharded over the Accelerate
+processes; each finished scene is written atomically to ``DIR/<scene>/
+feature_gaussians.safetensors`` and skipped on the next run, so a killed run resumes.
+A scene that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fit3d_hub import FiT3DError, load_fit3d
+from training.data.scene import SceneError, load_rgb, load_scene, scene_paths
+from training.lifting.io import is_finished, output_path, save_lifted
+from training.lifting.rasterize import BACKENDS, resolve_backend
+from training.lifting.teacher import compute_teacher_features
+from training.lifting.trainer import LiftConfig, LiftError, SceneViews, lift_scene
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.lift", description=__doc__.split("\n")[0])
+    p.add_argument("--scenes", required=True,
+                   help="a folder of scene folders, one scene folder, or a text file of paths")
+    p.add_argument("--backbone", required=True, help="registry name, hub repo id or directory")
+    p.add_argument("--output", required=True, help="output folder (one subfolder per scene)")
+    p.add_argument("--iterations", type=int, default=30_000)
+    p.add_argument("--feature-dim", type=int, default=64)
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--downscale", type=float, default=1.0,
+                   help="divide image sizes by this factor (e.g. 2 for ScanNet++ as in the paper)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-points", type=int, default=100_000,
+                   help="at most this many initial Gaussians from the scene's points")
+    p.add_argument("--holdout-every", type=int, default=0,
+                   help="hold out every k-th view from training (0: use all)")
+    p.add_argument("--sh-degree", type=int, default=3)
+    p.add_argument("--cache-dir", help="Hugging Face cache for the backbone's weights")
+    return p
+
+
+def schedule_for(iterations: int) -> dict[str, int]:
+    """3DGS's densification schedule, shrunk for runs shorter than its 30k steps.
+
+    Refinement keeps at least 25 steps between rounds: it needs screen-space gradients
+    averaged over many views, and refining after every step or two makes the Gaussian
+    count explode.
+    """
+    frac = min(1.0, iterations / LiftConfig.iterations)
+    every = max(25, round(100 * frac))
+    start = max(every, round(500 * frac))
+    return {"refine_every": every, "refine_start_iter": start,
+            "refine_stop_iter": max(start + 1, round(15_000 * frac)),
+            "reset_every": max(2 * every, round(3000 * frac)),
+            "sh_degree_interval": max(1, round(1000 * frac))}
+
+
+def _config(args: argparse.Namespace) -> LiftConfig:
+    return LiftConfig(
+        iterations=args.iterations, feature_dim=args.feature_dim, sh_degree=args.sh_degree,
+        downscale=args.downscale, max_points=args.max_points, seed=args.seed,
+        holdout_every=args.holdout_every, **schedule_for(args.iterations),
+    )
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name, value in (("--iterations", args.iterations), ("--feature-dim", args.feature_dim),
+                        ("--max-points", args.max_points)):
+        if value < 1:
+            parser.error(f"{name} must be a positive integer; got {value}")
+    if not args.downscale >= 1.0:
+        parser.error(f"--downscale must be >= 1; got {args.downscale}")
+    if not 0 <= args.sh_degree <= 3:
+        parser.error(f"--sh-degree must be 0..3; got {args.sh_degree}")
+
+
+def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torch.device,
+             out_dir: Path, backbone: str, position: int = 0) -> dict:
+    """Lift one scene and write its output; returns the metrics."""
+    scene = load_scene(path)
+    cams = [f.camera.scaled(config.downscale) for f in scene.frames]
+    size = (cams[0].width, cams[0].height)
+    feats = compute_teacher_features(teacher, [load_rgb(f.image_path, size) for f in scene.frames],
+                                     device=device)
+    views = SceneViews.load(scene, feats, config.downscale, device)
+    bar = tqdm(total=config.iterations, desc=scene.name, position=position, leave=True,
+               dynamic_ncols=True, mininterval=1.0)
+
+    def on_step(step: int, record: dict) -> None:
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}",
+                            gs=record["gaussians"], refresh=False)
+
+    try:
+        result = lift_scene(scene, views, config, backend=backend, device=device,
+                            on_step=on_step)
+    finally:
+        bar.close()
+    meta = {
+        "scene": scene.name, "scene_path": str(path.resolve()), "backbone": backbone,
+        "feature_dim": config.feature_dim, "teacher_dim": int(feats.shape[1]),
+        "patch_size": teacher.patch_size, "iterations": config.iterations, "backend": backend,
+        "camera_convention": "opencv world-to-camera (gsplat viewmats)",
+        "image_size": [views.width, views.height], "downscale": config.downscale,
+        "sh_degree": config.sh_degree, "views": len(scene.frames),
+        "metrics": result.metrics, "config": config.to_json(),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    save_lifted(output_path(out_dir, scene.name), result.gaussians, meta)
+    return result.metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    device = accelerator.device
+    try:
+        backend = resolve_backend(args.backend)
+        paths = scene_paths(args.scenes)
+        teacher = load_fit3d(args.backbone, mode="original", device=device,
+                             cache_dir=args.cache_dir)
+    except (FiT3DError, SceneError, ValueError) as err:
+        print(f"training.lift: error: {err}", file=sys.stderr)
+        return 2
+    config = _config(args)
+    out_dir = Path(args.output)
+    mine = paths[accelerator.process_index::accelerator.num_processes]
+    failures, done = [], 0
+    for path in mine:
+        target = output_path(out_dir, path.name)
+        if is_finished(target):
+            print(f"{path.name}: already lifted ({target}), skipped")
+            continue
+        start = time.perf_counter()
+        try:
+            metrics = lift_one(path, teacher, config, backend, device, out_dir, args.backbone,
+                               position=accelerator.process_index)
+        except (SceneError, LiftError, FiT3DError, ValueError) as err:
+            failures.append(path.name)
+            print(f"{path.name}: FAILED: {err}", file=sys.stderr)
+            continue
+        done += 1
+        print(f"{path.name}: psnr {metrics['psnr']:.2f} dB, feature L1 "
+              f"{metrics['feature_l1']:.4f}, {metrics['gaussians']} Gaussians, "
+              f"{time.perf_counter() - start:.1f} s -> {target}")
+    accelerator.wait_for_everyone()
+    summary = {"process": accelerator.process_index, "lifted": done, "failed": failures,
+               "skipped": len(mine) - done - len(failures)}
+    print(json.dumps(summary))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage 1 pieces: feature Gaussians, rasterizers, losses, densification, teacher cache."""

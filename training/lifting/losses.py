@@ -1,0 +1,54 @@
+"""Stage 1 losses and image metrics (pure functions on NCHW tensors)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
+    coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM map (N, C, H, W) of images in [0, 1] (Gaussian window, as 3DGS)."""
+    c = x.shape[1]
+    w = _gaussian_window(window, sigma, c, x)
+    pad = window // 2
+    mu_x = F.conv2d(x, w, padding=pad, groups=c)
+    mu_y = F.conv2d(y, w, padding=pad, groups=c)
+    sxx = F.conv2d(x * x, w, padding=pad, groups=c) - mu_x**2
+    syy = F.conv2d(y * y, w, padding=pad, groups=c) - mu_y**2
+    sxy = F.conv2d(x * y, w, padding=pad, groups=c) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` (N, C, H, W) over pixels where ``mask`` (N, 1, H, W) is true."""
+    if mask is None:
+        return values.mean()
+    weight = mask.to(values.dtype).expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def rgb_loss(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+             ssim_weight: float = 0.2) -> torch.Tensor:
+    """``(1 - w) L1 + w (1 - SSIM)`` on RGB, masked pixels excluded (w = 0.2 as in 3DGS)."""
+    l1 = masked_mean((render - target).abs(), mask)
+    dssim = masked_mean(1 - ssim(render, target), mask)
+    return (1 - ssim_weight) * l1 + ssim_weight * dssim
+
+
+def feature_loss(decoded: torch.Tensor, teacher: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked L1 between decoded features and the teacher's, both (N, C, H, W)."""
+    return masked_mean((decoded - teacher).abs(), mask)
+
+
+def psnr(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    mse = masked_mean((render - target) ** 2, mask).clamp_min(1e-10)
+    return float(-10 * torch.log10(mse))

@@ -1,0 +1,195 @@
+"""Fitting one scene's feature Gaussians: the Stage 1 loop, composed of importable pieces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from training.data.scene import Scene, load_mask, load_rgb
+from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
+from training.lifting.losses import feature_loss, psnr, rgb_loss
+from training.lifting.rasterize import rasterize_rgb_and_features
+from training.lifting.strategy import OpacityResetStrategy
+from training.lifting.teacher import upsample_teacher
+
+
+class LiftError(RuntimeError):
+    """A scene that cannot be lifted (NaN loss, degenerate data); the run goes on without it."""
+
+
+@dataclass
+class LiftConfig:
+    """Stage 1 settings; defaults are 3DGS's and the paper's."""
+
+    iterations: int = 30_000
+    feature_dim: int = 64
+    sh_degree: int = 3
+    sh_degree_interval: int = 1000
+    ssim_weight: float = 0.2
+    feature_weight: float = 1.0
+    downscale: float = 1.0
+    max_points: int = 100_000
+    random_points: int = 20_000
+    seed: int = 0
+    lr: LearningRates = field(default_factory=LearningRates)
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 0.0002
+    holdout_every: int = 0
+    """Every k-th view is held out of training (0: train on all)."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SceneViews:
+    """A scene's training data on the training device: images, masks, cameras, teacher."""
+
+    images: torch.Tensor  # (V, H, W, 3) float32
+    masks: torch.Tensor | None  # (V, H, W, 1) bool
+    viewmats: torch.Tensor  # (V, 4, 4)
+    Ks: torch.Tensor  # (V, 3, 3)
+    teacher: torch.Tensor  # (V, C, h, w) float16
+    width: int
+    height: int
+
+    @classmethod
+    def load(cls, scene: Scene, teacher: torch.Tensor, downscale: float,
+             device: torch.device) -> SceneViews:
+        cams = [f.camera.scaled(downscale) for f in scene.frames]
+        size = (cams[0].width, cams[0].height)
+        images = np.stack([load_rgb(f.image_path, size) for f in scene.frames])
+        masks = None
+        if any(f.mask_path for f in scene.frames):
+            masks = torch.from_numpy(np.stack([
+                load_mask(f.mask_path, size) if f.mask_path else np.ones(size[::-1], bool)
+                for f in scene.frames]))[..., None].to(device)
+        return cls(
+            images=torch.from_numpy(images).to(device),
+            masks=masks,
+            viewmats=torch.tensor(np.stack([c.w2c for c in cams]), dtype=torch.float32,
+                                  device=device),
+            Ks=torch.tensor(np.stack([c.K for c in cams]), dtype=torch.float32, device=device),
+            teacher=teacher,
+            width=size[0], height=size[1],
+        )
+
+
+@dataclass
+class LiftResult:
+    gaussians: FeatureGaussians
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def render_views(gaussians: FeatureGaussians, views: SceneViews, index: int, backend: str,
+                 sh_degree: int) -> dict:
+    """RGB (geometry trainable) and decoded features (geometry detached) of one view."""
+    cam = slice(index, index + 1)
+    geo = gaussians.activated()
+    rgb, alpha, feats, info = rasterize_rgb_and_features(
+        backend, geo["means"], geo["quats"], geo["scales"], geo["opacities"],
+        gaussians.sh_coeffs(), gaussians.splats["features"], views.viewmats[cam],
+        views.Ks[cam], views.width, views.height, sh_degree)
+    decoded = gaussians.decoder(feats.permute(0, 3, 1, 2))
+    return {"rgb": rgb.permute(0, 3, 1, 2), "alpha": alpha, "features": feats,
+            "decoded": decoded, "info": info}
+
+
+def step_losses(out: dict, views: SceneViews, index: int, config: LiftConfig
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB loss, feature loss) of one rendered view."""
+    target = views.images[index:index + 1].permute(0, 3, 1, 2)
+    mask = None if views.masks is None else views.masks[index:index + 1].permute(0, 3, 1, 2)
+    teacher = upsample_teacher(views.teacher[index:index + 1].to(target.device),
+                               views.height, views.width)
+    l_rgb = rgb_loss(out["rgb"], target, mask, config.ssim_weight)
+    l_feat = feature_loss(out["decoded"], teacher, mask)
+    return l_rgb, l_feat
+
+
+def training_views(count: int, holdout_every: int) -> list[int]:
+    if holdout_every <= 0:
+        return list(range(count))
+    return [i for i in range(count) if i % holdout_every != 0] or list(range(count))
+
+
+def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: str,
+               device: torch.device, on_step: Callable[[int, dict], None] | None = None
+               ) -> LiftResult:
+    """Optimise the scene's feature Gaussians for ``config.iterations`` steps."""
+    torch.manual_seed(config.seed)
+    gaussians = FeatureGaussians.initialise(
+        scene, feature_dim=config.feature_dim, teacher_dim=views.teacher.shape[1],
+        sh_degree=config.sh_degree, max_points=config.max_points,
+        random_points=config.random_points, seed=config.seed).to(device)
+    extent = scene_scale(scene)
+    optimizers, decoder_opt = gaussians.optimizers(config.lr, extent)
+    strategy = OpacityResetStrategy(
+        refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter,
+        refine_every=config.refine_every, reset_every=config.reset_every,
+        grow_grad2d=config.grow_grad2d)
+    strategy.check_sanity(gaussians.splats, optimizers)
+    state = strategy.initialize_state(scene_scale=extent)
+    decay = (config.lr.means_final / config.lr.means) ** (1.0 / max(config.iterations, 1))
+    order = training_views(len(scene.frames), config.holdout_every)
+    rng = np.random.default_rng(config.seed)
+    queue: list[int] = []
+    history = []
+    start = time.perf_counter()
+    for step in range(config.iterations):
+        if not queue:
+            queue = list(rng.permutation(order))
+        index = int(queue.pop())
+        degree = min(step // config.sh_degree_interval, config.sh_degree)
+        out = render_views(gaussians, views, index, backend, degree)
+        strategy.step_pre_backward(gaussians.splats, optimizers, state, step, out["info"])
+        l_rgb, l_feat = step_losses(out, views, index, config)
+        loss = l_rgb + config.feature_weight * l_feat
+        if not torch.isfinite(loss):
+            raise LiftError(f"{scene.root}: loss became {float(loss)} at step {step} "
+                            f"(rgb {float(l_rgb):.4g}, feature {float(l_feat):.4g})")
+        loss.backward()
+        for opt in (*optimizers.values(), decoder_opt):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        strategy.step_post_backward(gaussians.splats, optimizers, state, step, out["info"])
+        for group in optimizers["means"].param_groups:
+            group["lr"] *= decay
+        if on_step is not None or step % 50 == 0 or step == config.iterations - 1:
+            with torch.no_grad():
+                target = views.images[index:index + 1].permute(0, 3, 1, 2)
+                record = {"step": step, "loss": float(loss), "rgb_loss": float(l_rgb),
+                          "feature_l1": float(l_feat), "psnr": psnr(out["rgb"], target),
+                          "gaussians": gaussians.num_gaussians}
+            if step % 50 == 0 or step == config.iterations - 1:
+                history.append(record)
+            if on_step is not None:
+                on_step(step, record)
+    elapsed = time.perf_counter() - start
+    metrics = evaluate(gaussians, views, backend, config, range(len(scene.frames)))
+    metrics.update(seconds=elapsed, iterations_per_second=config.iterations / max(elapsed, 1e-9),
+                   gaussians=gaussians.num_gaussians, opacity_resets=strategy.resets_done)
+    return LiftResult(gaussians, metrics, history)
+
+
+@torch.no_grad()
+def evaluate(gaussians: FeatureGaussians, views: SceneViews, backend: str, config: LiftConfig,
+             indices) -> dict[str, float]:
+    """Mean PSNR and feature L1 over ``indices``."""
+    psnrs, l1s = [], []
+    for i in indices:
+        out = render_views(gaussians, views, i, backend, config.sh_degree)
+        target = views.images[i:i + 1].permute(0, 3, 1, 2)
+        mask = None if views.masks is None else views.masks[i:i + 1].permute(0, 3, 1, 2)
+        psnrs.append(psnr(out["rgb"].clamp(0, 1), target, mask))
+        l1s.append(float(step_losses(out, views, i, config)[1]))
+    return {"psnr": float(np.mean(psnrs)), "feature_l1": float(np.mean(l1s)),
+            "views": float(len(psnrs))}
