@@ -21,6 +21,9 @@ from huggingface_hub.errors import (
 from fit3d_hub.errors import HubFileNotFoundError, NotCachedError, UnknownModelError
 
 LIBRARY_NAME = "fit3d-hub"
+# training.finetune keeps its Accelerate checkpoints inside the output repo folder; they are
+# for resuming, not for the hub. Hidden files are temporaries of atomic writes.
+PUSH_IGNORE = ["checkpoints/**", ".*", "**/.*"]
 _TRUE = {"1", "on", "yes", "true"}
 
 
@@ -147,7 +150,7 @@ def push_directory(
     info = api.upload_folder(
         repo_id=repo_id, folder_path=str(directory), repo_type="model", revision=revision,
         commit_message=commit_message or "Upload FiT3D backbone with fit3d-hub",
-        create_pr=create_pr,
+        create_pr=create_pr, ignore_patterns=PUSH_IGNORE,
     )
     return str(getattr(info, "commit_url", info))
 

@@ -126,6 +126,7 @@ def test_push_validates_then_uploads(capsys, tiny_pair, tmp_path, monkeypatch):
                         {"private": True, "exist_ok": True, "repo_type": "model"})
     upload = calls[2][1]
     assert upload["repo_id"] == "me/repo" and upload["folder_path"] == str(tmp_path / "repo")
+    assert "checkpoints/**" in upload["ignore_patterns"]  # training checkpoints stay local
 
 
 def test_card_command_adds_measured_results(capsys, tiny_pair, tmp_path):
