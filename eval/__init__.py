@@ -1,0 +1,1 @@
+"""Evaluation: multi-view consistency (more to come: linear probes, 3D correspondence)."""

@@ -1,0 +1,178 @@
+"""Stage 2 on CPU: the proof that lift -> fine-tune makes features more multi-view consistent,
+plus resume, data checks and the exported repo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval.consistency import Correspondences, consistency, correspondences
+from fit3d_hub import load_fit3d
+from training.data.scene import load_depth, load_scene
+from training.demo import DemoSettings, demo_backbone, held_out_pairs, measure_consistency
+from training.finetuning.data import LiftedDataError, check_memory, pair_scenes
+from training.finetuning.trainer import epoch_order
+from training.lift import main as lift_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = DemoSettings(views=16, size=48, lift_iterations=200, epochs=10, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def lifted(tmp_path_factory):
+    """One synthetic scene lifted with the demo backbone; views 0, 4, 8, 12 held out."""
+    from training.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("stage2")
+    generate(root / "scenes", scenes=1, views=SETTINGS.views, size=SETTINGS.size, seed=0)
+    demo_backbone(0).save_pretrained(root / "backbone", include_base=True)
+    code = lift_main(["--scenes", str(root / "scenes"), "--backbone", str(root / "backbone"),
+                      "--output", str(root / "lifted"), "--iterations",
+                      str(SETTINGS.lift_iterations), "--holdout-every", "4",
+                      "--max-points", "2000", "--backend", "torch"])
+    assert code == 0
+    return root
+
+
+def _finetune(root: Path, output: Path, *extra: str) -> list[str]:
+    return ["--lifted", str(root / "lifted"), "--scenes", str(root / "scenes"), "--backbone",
+            str(root / "backbone"), "--output", str(output), "--holdout-every", "4",
+            "--backend", "torch", *extra]
+
+
+@pytest.fixture(scope="module")
+def finetuned(lifted):
+    from training.finetune import main
+
+    out = lifted / "model"
+    code = main(_finetune(lifted, out, "--epochs", str(SETTINGS.epochs), "--lr",
+                          str(SETTINGS.lr), "--save-every", "0"))
+    assert code == 0
+    return out
+
+
+def test_fine_tuned_features_are_more_multiview_consistent(lifted, finetuned):
+    model = load_fit3d(finetuned)
+    scene_dir = lifted / "scenes" / "scene_000"
+    pairs = held_out_pairs(SETTINGS.views, 4)  # views seen by neither stage
+    ratios = measure_consistency(model, scene_dir, pairs)
+    # The untrained model compares its original branch with itself: improvement 0.
+    untrained = load_fit3d(lifted / "backbone")
+    same = measure_consistency(untrained, scene_dir, pairs)
+    assert abs(same["original"] - same["finetuned"]) < 1e-6
+    assert ratios["original"] == pytest.approx(same["original"], abs=1e-6)
+    assert ratios["finetuned"] < ratios["original"] - 0.05, ratios
+
+
+def test_exported_repo_records_provenance(finetuned):
+    from fit3d_hub.repo_format import read_config, validate_repo
+
+    config = validate_repo(finetuned)
+    training = config.fit3d["training"]
+    assert training["scenes"] == ["scene_000"] and training["steps"] > 0
+    assert training["hyperparameters"]["lr"] == SETTINGS.lr
+    assert training["hyperparameters"]["weight_decay"] == 1e-4
+    assert (finetuned / "README.md").read_text().startswith("---")
+    assert read_config(finetuned / "config.json").architecture == "vit_small_patch8_224"
+
+
+def test_epoch_order_covers_training_views_once_and_is_seeded():
+    order = epoch_order([5, 3], epoch=0, seed=1, holdout_every=4)
+    assert sorted((s, v) for s, v, _ in order) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
+    assert order == epoch_order([5, 3], epoch=0, seed=1, holdout_every=4)
+    assert order != epoch_order([5, 3], epoch=1, seed=1, holdout_every=4)
+
+
+def _run(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "training.finetune", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(lifted, tmp_path):
+    common = ["--epochs", "3", "--lr", "1e-3", "--save-every", "2"]
+    straight = _run(_finetune(lifted, tmp_path / "straight", *common))
+    log = straight.communicate(timeout=600)[0]
+    assert straight.returncode == 0, log
+
+    killed = _run(_finetune(lifted, tmp_path / "killed", *common))
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None and \
+            not (checkpoints / "step_00000004").exists():
+        time.sleep(0.05)
+    assert killed.poll() is None, "finished before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = _run(_finetune(lifted, tmp_path / "killed", *common, "--resume"))
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log
+    assert "resumed from" in log
+    a = load_fit3d(tmp_path / "straight", mode="finetuned")
+    b = load_fit3d(tmp_path / "killed", mode="finetuned")
+    for (name, pa), pb in zip(a.finetuned.state_dict().items(),
+                              b.finetuned.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_missing_lifted_scenes_and_memory_check(lifted, tmp_path, monkeypatch):
+    with pytest.raises(LiftedDataError, match="no lifted scene"):
+        pair_scenes(tmp_path, [lifted / "scenes" / "scene_000"])
+    pairs = pair_scenes(lifted / "lifted", [lifted / "scenes" / "scene_000"])
+    assert check_memory(pairs) > 0
+    monkeypatch.setattr("training.finetuning.data.available_memory", lambda: 1024)
+    with pytest.raises(LiftedDataError, match="pass --lazy"):
+        check_memory(pairs)
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_kept(lifted, tmp_path, monkeypatch, capsys):
+    import training.finetuning.trainer as trainer
+    from training.finetune import main
+
+    real = trainer.masked_l1
+    calls = []
+
+    def poisoned(pred, target, mask):
+        calls.append(1)
+        loss = real(pred, target, mask)
+        return loss * float("nan") if len(calls) > 2 else loss
+
+    monkeypatch.setattr(trainer, "masked_l1", poisoned)
+    code = main(_finetune(lifted, tmp_path / "nan", "--epochs", "2", "--save-every", "1"))
+    assert code == 1
+    assert "loss became nan at step 2" in capsys.readouterr().err
+    assert (tmp_path / "nan" / "checkpoints" / "step_00000002").is_dir()
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_consistency_metric_on_known_features():
+    # Features equal to the pixel's x coordinate pattern: identical maps and identity matches
+    # give distance 0; shuffled matches give a positive distance.
+    h, w = 8, 8
+    xs = torch.linspace(0, 1, w).expand(h, w)
+    feats = torch.stack([torch.cos(3 * xs), torch.sin(3 * xs)])
+    uv = np.stack(np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5), -1).reshape(-1, 2)
+    res = consistency(feats, feats, Correspondences(uv, uv), w, h)
+    assert res["matched"] < 1e-6 and res["random"] > 0.05 and res["ratio"] < 1e-4
+
+
+def test_correspondences_respect_occlusion(lifted):
+    scene = load_scene(lifted / "scenes" / "scene_000")
+    a, b = scene.frames[0], scene.frames[1]
+    da, db = load_depth(a.depth_path, 1000.0), load_depth(b.depth_path, 1000.0)
+    matches = correspondences(a.camera, da, b.camera, db)
+    world = a.camera.unproject(matches.uv_a, da[(matches.uv_a[:, 1]).astype(int),
+                                                (matches.uv_a[:, 0]).astype(int)])
+    uv_b, z_b = b.camera.project(world)
+    np.testing.assert_allclose(uv_b, matches.uv_b)
+    seen = db[uv_b[:, 1].astype(int), uv_b[:, 0].astype(int)]
+    assert np.all(np.abs(seen - z_b) < 0.03 * z_b)

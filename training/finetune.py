@@ -1,0 +1,134 @@
+"""Stage 2: fine-tune a backbone on the 3D-aware features rendered from lifted scenes.
+
+    accelerate launch -m training.finetune --lifted DIR --scenes PATH --backbone NAME_OR_DIR \
+        --output DIR [--epochs 1] [--batch-size 2] [--lr 1e-5] [--weight-decay 1e-4] \
+        [--grad-clip 0.1] [--mixed-precision no|bf16|fp16] [--save-every N] [--resume]
+
+(plain ``python -m training.finetune`` works too). All lifted scenes are preloaded into CPU
+memory (``--lazy``: one at a time); each step renders a view's features, decodes them with the
+scene's conv and resizes them to the token grid: the target of a masked L1 on the fine-tuned
+backbone's last-block normed patch features. The output directory is a fit3d-hub repo
+(``load_fit3d(DIR)``, ``fit3d-hub push DIR REPO``); checkpoints go to ``DIR/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fit3d_hub import FiT3D, FiT3DError, load_fit3d
+from training.data.scene import SceneError, scene_paths
+from training.finetuning.data import LiftedDataError, LiftedStore, check_memory, pair_scenes
+from training.finetuning.trainer import (
+    FinetuneConfig,
+    FinetuneError,
+    finetune,
+    provenance,
+    write_summary,
+)
+from training.lifting.io import LiftedSceneError
+from training.lifting.rasterize import BACKENDS, resolve_backend
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.finetune",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--lifted", required=True, help="Stage 1 output folder")
+    p.add_argument("--scenes", required=True, help="the scenes Stage 1 lifted (as there)")
+    p.add_argument("--backbone", required=True, help="registry name, hub repo id or directory")
+    p.add_argument("--output", required=True, help="repo directory to write")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--grad-clip", type=float, default=0.1)
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    p.add_argument("--save-every", type=int, default=1000,
+                   help="checkpoint every N optimizer steps (and at the end; 0: never)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--lazy", action="store_true", help="load one lifted scene at a time")
+    p.add_argument("--no-hflip", action="store_true", help="no horizontal flips")
+    p.add_argument("--holdout-every", type=int, default=0,
+                   help="leave every k-th view out of training (0: use all)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="Hugging Face cache for the backbone's weights")
+    return p
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size", "grad_accum"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    for name in ("lr", "weight_decay", "grad_clip"):
+        if not getattr(args, name) >= 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    from accelerate import Accelerator
+
+    output = Path(args.output)
+    try:
+        accelerator = Accelerator(mixed_precision=args.mixed_precision,
+                                  gradient_accumulation_steps=args.grad_accum)
+        backend = resolve_backend(args.backend)
+        pairs = pair_scenes(Path(args.lifted), scene_paths(args.scenes))
+        if not args.lazy:
+            need = check_memory(pairs)
+            accelerator.print(f"preloading {len(pairs)} lifted scenes (~{need / 2**20:.0f} MiB)")
+        teacher = load_fit3d(args.backbone, mode="original", cache_dir=args.cache_dir)
+        store = LiftedStore(pairs, lazy=args.lazy)
+    except (FiT3DError, SceneError, LiftedDataError, LiftedSceneError, ValueError) as err:
+        print(f"training.finetune: error: {err}", file=sys.stderr)
+        return 2
+    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                            grad_accum=args.grad_accum, hflip=not args.no_hflip,
+                            save_every=args.save_every, holdout_every=args.holdout_every,
+                            seed=args.seed)
+    vit = copy.deepcopy(teacher.original).train()
+    for p in vit.parameters():
+        p.requires_grad_(True)
+    bar = tqdm(disable=not accelerator.is_local_main_process, desc="fine-tuning",
+               dynamic_ncols=True, mininterval=1.0)
+
+    def on_step(record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}",
+                        samples_s=f"{record['samples_per_s']:.1f}", refresh=False)
+
+    try:
+        summary = finetune(accelerator, vit, store, config, backend=backend,
+                           checkpoint_dir=output / "checkpoints", resume=args.resume,
+                           on_step=on_step)
+    except FinetuneError as err:
+        bar.close()
+        print(f"training.finetune: error: {err}", file=sys.stderr)
+        return 1
+    bar.close()
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(vit).eval().float()
+        model = FiT3D(teacher.original, trained)
+        model.fit3d_config = dict(teacher.fit3d_config)
+        model.fit3d_config["training"] = provenance(config, store, summary, args.backbone,
+                                                    args.mixed_precision)
+        model.save_pretrained(output)
+        write_summary(output / "training_summary.json",
+                      {**summary, "config": config.to_json(), "scenes": store.names})
+        print(f"wrote {output} ({summary['steps']} steps, final loss "
+              f"{summary['final_loss']:.4f}); load it with fit3d_hub.load_fit3d({str(output)!r})")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

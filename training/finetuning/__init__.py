@@ -1,0 +1,1 @@
+"""Stage 2 pieces: lifted-scene store, target rendering, the fine-tuning loop."""

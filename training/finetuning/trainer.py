@@ -1,0 +1,191 @@
+"""The Stage 2 loop: fine-tune a backbone on rendered 3D-aware features, with Accelerate."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fit3d_hub.model import patch_tokens_nchw
+from training.finetuning.data import LiftedStore
+from training.finetuning.targets import make_sample, masked_l1
+
+CHECKPOINT_PREFIX = "step_"
+
+
+class FinetuneError(RuntimeError):
+    """Training cannot go on (NaN loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 2 settings; defaults are the paper's (and the authors' code)."""
+
+    epochs: int = 1
+    batch_size: int = 2
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    grad_accum: int = 1
+    hflip: bool = True
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    holdout_every: int = 0
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class PatchFeatures(nn.Module):
+    """The trained backbone as a module whose forward is the FiT3D feature map, so DDP's
+    gradient synchronisation sees the call."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return patch_tokens_nchw(self.vit, x)[0]
+
+
+@dataclass
+class TrainState:
+    """Progress saved with every checkpoint (registered with Accelerate)."""
+
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches done (all processes together count as one)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.micro = int(state["step"]), int(state["micro"])
+
+
+def epoch_order(views: list[int], epoch: int, seed: int, holdout_every: int
+                ) -> list[tuple[int, int, bool]]:
+    """(scene, view, flip) of one epoch: every training view once, in a seeded order."""
+    pairs = [(s, v) for s, n in enumerate(views) for v in range(n)
+             if holdout_every <= 0 or v % holdout_every != 0]
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(pairs))
+    flips = rng.random(len(pairs)) < 0.5
+    return [(pairs[i][0], pairs[i][1], bool(flips[k])) for k, i in enumerate(perm)]
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    done = sorted(p for p in directory.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, directory: Path, step: int, keep: int) -> Path:
+    """``save_state`` into a temporary folder, renamed once complete; old ones pruned."""
+    final = directory / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(directory.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneConfig, *,
+             backend: str, checkpoint_dir: Path, resume: bool,
+             on_step: Callable[[dict], None] | None = None) -> dict:
+    """Train ``vit`` in place; returns a summary. Only the main process writes files."""
+    torch.manual_seed(config.seed)
+    patch = vit.patch_embed.patch_size[0]
+    model = PatchFeatures(vit)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        last = latest_checkpoint(checkpoint_dir)
+        if last is not None:
+            accelerator.load_state(str(last))
+            # Accelerate decides when gradients sync from its own micro-step counter.
+            accelerator.step = state.micro
+            accelerator.print(f"resumed from {last} (step {state.step})")
+    per_micro = config.batch_size * accelerator.num_processes
+    micro_per_epoch = len(epoch_order(store.views, 0, config.seed, config.holdout_every)) \
+        // per_micro
+    if micro_per_epoch == 0:
+        raise FinetuneError(f"fewer training views than one batch ({per_micro}); lower "
+                            "--batch-size")
+    total_micro = micro_per_epoch * config.epochs
+    device = accelerator.device
+    model.train()
+    start, seen, last_loss = time.perf_counter(), 0, math.nan
+    while state.micro < total_micro:
+        epoch, index = divmod(state.micro, micro_per_epoch)
+        order = epoch_order(store.views, epoch, config.seed, config.holdout_every)
+        first = index * per_micro + accelerator.process_index * config.batch_size
+        picks = order[first:first + config.batch_size]
+        samples = [make_sample(store.scene(s), v, f and config.hflip, patch, backend, device)
+                   for s, v, f in picks]
+        shapes = {tuple(s.image.shape) for s in samples}
+        if len(shapes) > 1:
+            raise FinetuneError(f"views of different sizes in one batch: {sorted(shapes)}; "
+                                "lift all scenes at one image size (or use --batch-size 1)")
+        images = torch.stack([s.image for s in samples])
+        targets = torch.stack([s.target for s in samples])
+        masks = torch.stack([s.mask for s in samples])
+        with accelerator.accumulate(model):
+            pred = model(images)
+            loss = masked_l1(pred.float(), targets, masks)
+            if not torch.isfinite(loss):
+                raise FinetuneError(f"loss became {float(loss.detach())} at step {state.step}; "
+                                    f"the last good checkpoint is in {checkpoint_dir}")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.micro += 1
+        seen += per_micro
+        last_loss = float(loss.detach())
+        if accelerator.sync_gradients:
+            state.step += 1
+            if on_step is not None:
+                on_step({"step": state.step, "loss": last_loss,
+                         "samples_per_s": seen / (time.perf_counter() - start)})
+            if config.save_every > 0 and state.step % config.save_every == 0:
+                save_checkpoint(accelerator, checkpoint_dir, state.step, config.keep_checkpoints)
+    if config.save_every > 0:
+        save_checkpoint(accelerator, checkpoint_dir, state.step, config.keep_checkpoints)
+    return {"steps": state.step, "micro_batches": state.micro, "final_loss": last_loss,
+            "seconds": time.perf_counter() - start}
+
+
+def provenance(config: FinetuneConfig, store: LiftedStore, summary: dict, backbone: str,
+               mixed_precision: str) -> dict:
+    """The ``fit3d.training`` block of the exported config.json."""
+    return {"method": "FiT3D Stage 2 (fit3d-hub training.finetune)", "backbone": backbone,
+            "scenes": store.names, "views": int(sum(store.views)),
+            "steps": summary["steps"], "hyperparameters": config.to_json(),
+            "mixed_precision": mixed_precision, "final_loss": summary["final_loss"]}
+
+
+def write_summary(path: Path, data: dict) -> None:
+    from fit3d_hub.weights import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
