@@ -1,0 +1,247 @@
+"""3D correspondence (multiview equivariance): APE and PCDP of nearest-neighbour matching.
+
+    python -m eval.correspondence --model NAME_OR_DIR --scenes PATH [--pairs N] \
+        [--max-rotation 120] [--output results.json]
+    python -m eval.correspondence --model NAME_OR_DIR --stereo DIR [--output results.json]
+
+Ground truth comes from depth and poses (back-projection with an occlusion check against the
+other view's depth) or, for rectified stereo, from a disparity map. Features are bilinearly
+upsampled to the image, L2-normalised, and every query pixel of view A is matched to its
+nearest neighbour (cosine) among all pixels of view B. Reported for the original, fine-tuned
+and concatenated features, overall and binned by relative rotation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval.consistency import correspondences, sample_features
+from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics, relative_rotation_degrees
+from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
+from fit3d_hub.weights import write_text_atomic
+from training.data.scene import SceneError, load_depth, load_rgb, load_scene, scene_paths
+
+VARIANTS = ("original", "finetuned", "concat")
+ROTATION_BINS = (0, 30, 60, 90, 120, 180)
+
+
+@dataclass
+class PairResult:
+    rotation: float
+    short_side: float
+    gt_uv: np.ndarray
+    pred_uv: dict[str, np.ndarray]
+
+
+def nearest_neighbours(features_a: torch.Tensor, features_b: torch.Tensor, uv_a: np.ndarray,
+                       size_a: tuple[int, int], size_b: tuple[int, int],
+                       chunk: int = 512) -> np.ndarray:
+    """For each query pixel of A, the pixel centre of B whose feature is most similar.
+
+    ``size_*`` are (width, height) of the images; B's features are upsampled to its image.
+    """
+    wb, hb = size_b
+    dense_b = F.interpolate(features_b[None].float(), size=(hb, wb), mode="bilinear",
+                            align_corners=False)[0]
+    dense_b = F.normalize(dense_b.reshape(dense_b.shape[0], -1), dim=0)  # (C, H*W)
+    query = sample_features(features_a.float(), uv_a, *size_a)  # (N, C), normalised
+    best = torch.cat([(query[i:i + chunk] @ dense_b).argmax(dim=1)
+                      for i in range(0, len(query), chunk)])
+    best = best.cpu().numpy()
+    return np.stack([best % wb + 0.5, best // wb + 0.5], -1)
+
+
+def variant_maps(out, variant: str) -> torch.Tensor:
+    if variant == "concat":
+        return torch.cat([F.normalize(out.original[0], dim=0),
+                          F.normalize(out.finetuned[0], dim=0)], dim=0)
+    return getattr(out, variant)[0]
+
+
+def evaluate_pair(model: FiT3D, transform, image_a: np.ndarray, image_b: np.ndarray,
+                  uv_a: np.ndarray, uv_b: np.ndarray, rotation: float) -> PairResult:
+    with torch.inference_mode():
+        outs = [model.forward_features(transform(im).unsqueeze(0)) for im in (image_a, image_b)]
+    size_a = (image_a.shape[1], image_a.shape[0])
+    size_b = (image_b.shape[1], image_b.shape[0])
+    preds = {v: nearest_neighbours(variant_maps(outs[0], v), variant_maps(outs[1], v), uv_a,
+                                   size_a, size_b) for v in VARIANTS}
+    return PairResult(rotation, float(min(size_b)), uv_b, preds)
+
+
+def select_pairs(w2cs: list[np.ndarray], count: int, max_rotation: float, seed: int
+                 ) -> list[tuple[int, int, float]]:
+    """Up to ``count`` view pairs (i < j) within ``max_rotation`` degrees, seeded."""
+    pairs = [(i, j, relative_rotation_degrees(w2cs[i], w2cs[j]))
+             for i in range(len(w2cs)) for j in range(i + 1, len(w2cs))]
+    pairs = [p for p in pairs if p[2] <= max_rotation]
+    rng = np.random.default_rng(seed)
+    keep = rng.permutation(len(pairs))[:count]
+    return [pairs[k] for k in sorted(keep)]
+
+
+def scene_pair_results(model: FiT3D, scene_dir: Path, pairs: int, max_rotation: float,
+                       queries: int, seed: int) -> list[PairResult]:
+    scene = load_scene(scene_dir)
+    if any(f.depth_path is None for f in scene.frames):
+        raise SceneError(f"{scene_dir}: correspondence needs depth maps for every frame")
+    transform = get_transform(model)
+    rng = np.random.default_rng(seed)
+    results = []
+    for i, j, rot in select_pairs([f.camera.w2c for f in scene.frames], pairs, max_rotation,
+                                  seed):
+        fa, fb = scene.frames[i], scene.frames[j]
+        matches = correspondences(fa.camera, load_depth(fa.depth_path, fa.depth_scale),
+                                  fb.camera, load_depth(fb.depth_path, fb.depth_scale))
+        if len(matches.uv_a) < 10:
+            continue
+        pick = rng.permutation(len(matches.uv_a))[:queries]
+        results.append(evaluate_pair(
+            model, transform, load_rgb(fa.image_path), load_rgb(fb.image_path),
+            matches.uv_a[pick], matches.uv_b[pick], rot))
+    return results
+
+
+def stereo_pair_results(model: FiT3D, folder: Path, queries: int, seed: int
+                        ) -> list[PairResult]:
+    """Rectified pairs ``<name>_left.png``, ``<name>_right.png``, ``<name>_disp.npy``
+    (left-image disparity in pixels; 0 or non-finite = unknown)."""
+    lefts = sorted(folder.glob("*_left.png"))
+    if not lefts:
+        raise SceneError(f"{folder}: no '<name>_left.png' stereo images")
+    transform = get_transform(model)
+    rng = np.random.default_rng(seed)
+    results = []
+    for left in lefts:
+        stem = left.name[: -len("_left.png")]
+        right, disp_path = folder / f"{stem}_right.png", folder / f"{stem}_disp.npy"
+        for needed in (right, disp_path):
+            if not needed.is_file():
+                raise SceneError(f"{needed}: missing (stereo pair {stem!r})")
+        disp = np.load(disp_path, allow_pickle=False).astype(np.float64)
+        image_l, image_r = load_rgb(left), load_rgb(right)
+        if disp.shape != image_l.shape[:2]:
+            raise SceneError(f"{disp_path}: disparity is {disp.shape[1]}x{disp.shape[0]} but "
+                             f"{left.name} is {image_l.shape[1]}x{image_l.shape[0]}")
+        ys, xs = np.nonzero(np.isfinite(disp) & (disp > 0))
+        uv_l = np.stack([xs + 0.5, ys + 0.5], -1)
+        uv_r = uv_l - np.stack([disp[ys, xs], np.zeros(len(xs))], -1)
+        inside = uv_r[:, 0] > 0
+        pick = rng.permutation(int(inside.sum()))[:queries]
+        results.append(evaluate_pair(model, transform, image_l, image_r, uv_l[inside][pick],
+                                     uv_r[inside][pick], 0.0))
+    return results
+
+
+CURVE_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2)
+
+
+def pooled(results: list[PairResult], thresholds=PCDP_THRESHOLDS) -> dict[str, dict]:
+    """Metrics per variant over all query points of ``results`` (errors / short side)."""
+    gt = np.concatenate([r.gt_uv / r.short_side for r in results])
+    return {v: correspondence_metrics(np.concatenate([r.pred_uv[v] / r.short_side
+                                                      for r in results]), gt, 1.0, thresholds)
+            for v in VARIANTS}
+
+
+def summarise(results: list[PairResult]) -> dict:
+    """Pooled metrics per variant: overall, per rotation bin, and PCDP curves."""
+    if not results:
+        raise SceneError("no view pair with enough correspondences to evaluate")
+    curves = pooled(results, CURVE_THRESHOLDS)
+    return {
+        "pairs": len(results),
+        "overall": pooled(results),
+        "by_rotation": {f"{lo}-{hi}": pooled(inside)
+                        for lo, hi in itertools.pairwise(ROTATION_BINS)
+                        if (inside := [r for r in results if lo <= r.rotation < hi])},
+        "curves": {v: {k.split("@")[1]: val for k, val in m.items() if "@" in k}
+                   for v, m in curves.items()},
+    }
+
+
+def results_rows(summary: dict, dataset: str) -> list[dict]:
+    """The ``results`` list of a results JSON (what ``fit3d-hub card --results`` reads)."""
+    return [{"task": "correspondence", "dataset": dataset, "dataset_name": dataset,
+             "metric": metric, "value": round(value, 3), "variant": variant}
+            for variant, metrics in summary["overall"].items()
+            for metric, value in metrics.items()]
+
+
+def markdown_table(summary: dict) -> str:
+    metrics = list(next(iter(summary["overall"].values())))
+    lines = ["| features | " + " | ".join(metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for variant, values in summary["overall"].items():
+        lines.append(f"| {variant} | " + " | ".join(f"{values[m]:.2f}" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def pcdp_plot(summary: dict, path: Path) -> None:
+    """PCDP vs. threshold, one line per variant."""
+    from eval.plot import line_chart
+
+    series = {v: [values[f"{t:g}"] for t in CURVE_THRESHOLDS]
+              for v, values in summary["curves"].items()}
+    line_chart(path, list(CURVE_THRESHOLDS), series, x_label="threshold (x short side)",
+               y_label="PCDP %", title="3D correspondence")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.correspondence",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="registry name, hub repo id or dir")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scenes", help="scene folder(s) with depth, or a text file of paths")
+    source.add_argument("--stereo", help="folder of rectified stereo pairs with disparity")
+    parser.add_argument("--pairs", type=int, default=20, help="view pairs per scene")
+    parser.add_argument("--max-rotation", type=float, default=120.0)
+    parser.add_argument("--queries", type=int, default=1000, help="query pixels per pair")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="results JSON (a .md table and a .png plot beside)")
+    args = parser.parse_args(argv)
+    if args.pairs < 1 or args.queries < 1:
+        parser.error("--pairs and --queries must be positive")
+    try:
+        model = load_fit3d(args.model)
+        if args.stereo:
+            results = stereo_pair_results(model, Path(args.stereo), args.queries, args.seed)
+            dataset = Path(args.stereo).name
+        else:
+            results = []
+            for path in scene_paths(args.scenes):
+                results += scene_pair_results(model, path, args.pairs, args.max_rotation,
+                                              args.queries, args.seed)
+            dataset = Path(args.scenes).name
+        summary = summarise(results)
+    except (FiT3DError, SceneError) as err:
+        print(f"eval.correspondence: error: {err}", file=sys.stderr)
+        return 2
+    table = markdown_table(summary)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        payload = {"model": args.model, "task": "correspondence", "dataset": dataset,
+                   "settings": {k: v for k, v in vars(args).items() if k != "output"},
+                   "versions": {"torch": torch.__version__,
+                                "python": platform.python_version()},
+                   "summary": summary, "results": results_rows(summary, dataset)}
+        write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(out.with_suffix(".md"), table + "\n")
+        pcdp_plot(summary, out.with_suffix(".png"))
+        print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

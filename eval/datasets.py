@@ -1,0 +1,223 @@
+"""Dataset readers for the linear probes: each returns images with labels and/or depth.
+
+``--data FORMAT:PATH`` with FORMAT one of ``ade20k``, ``voc``, ``nyu``, ``scannetpp``,
+``kitti``, ``synthetic``. Layouts:
+
+- ade20k: ``images/{training,validation}/*.jpg``, ``annotations/{training,validation}/*.png``
+  (0 = other, ignored; classes shift down by one: 150 classes).
+- voc: ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette indices, 255 ignored),
+  ``ImageSets/Segmentation/{train,val}.txt`` (21 classes).
+- nyu: ``nyu_depth_v2_labeled.mat`` with ``splits.mat`` (trainNdxs/testNdxs, 1-based), or
+  folders ``{train,test}/{image,label,depth}/<stem>.png`` (depth: 16-bit millimetres);
+  labels as stored, 0 ignored (40 classes after the usual mapping; ``--num-classes`` else).
+- scannetpp: ``splits/{train,val}.txt`` of scene ids; ``<scene>/images/*``,
+  ``<scene>/semantics/<stem>.png``, ``<scene>/depth/<stem>.png`` (mm; rendered from the mesh).
+- kitti: ``eigen_train_files.txt`` / ``eigen_test_files.txt`` with lines
+  ``<rgb path> <depth path> [focal]`` relative to PATH; sparse 16-bit depth PNG (/256 m).
+- synthetic: scene folders from ``training.data.synthetic`` (labels and depth); every 4th
+  view is validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IGNORE = 255
+
+
+class DatasetError(ValueError):
+    """A missing or malformed dataset file; the message names it."""
+
+
+@dataclass(frozen=True)
+class Item:
+    image: Path | int  # a file, or an index into an in-memory array (NYU .mat)
+    label: Path | int | None = None
+    depth: Path | int | None = None
+
+
+@dataclass
+class ProbeDataset:
+    name: str
+    train: list[Item]
+    val: list[Item]
+    num_classes: int = 0
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    depth_scale: float = 1000.0  # PNG units per metre
+    label_offset: int = 0  # subtracted from stored labels (ADE20K: 1)
+    ignore_zero: bool = False  # stored 0 means "ignore"
+    arrays: dict | None = None  # NYU .mat: "images", "labels", "depths"
+
+    def load(self, item: Item) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(H, W, 3) uint8 image, (H, W) int64 labels (IGNORE = ignore), (H, W) depth in m."""
+        if isinstance(item.image, int):
+            a = self.arrays
+            image = a["images"][item.image]
+            label = a["labels"][item.image].astype(np.int64) if a.get("labels") is not None \
+                else None
+            depth = a["depths"][item.image].astype(np.float32)
+        else:
+            image = _image(item.image)
+            label = _png(item.label).astype(np.int64) if item.label else None
+            depth = _png(item.depth).astype(np.float32) / self.depth_scale if item.depth \
+                else None
+        if label is not None:
+            zero = label == 0
+            label = label - self.label_offset
+            if self.ignore_zero:
+                label[zero] = IGNORE
+            label[(label < 0) | (label >= max(self.num_classes, 1))] = IGNORE
+        for name, arr in (("label", label), ("depth", depth)):
+            if arr is not None and arr.shape != image.shape[:2]:
+                raise DatasetError(f"{item.label if name == 'label' else item.depth}: {name} is "
+                                   f"{arr.shape[1]}x{arr.shape[0]}, image "
+                                   f"{image.shape[1]}x{image.shape[0]}")
+        return image, label, depth
+
+
+def _image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file is missing") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DatasetError(f"{path}: not a readable image ({err})") from None
+
+
+def _png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file is missing") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DatasetError(f"{path}: not a readable PNG ({err})") from None
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"{path}: missing ({what})")
+    return path
+
+
+def _stems(listing: Path) -> list[str]:
+    return [ln.strip() for ln in _need(listing, "split list").read_text().splitlines()
+            if ln.strip()]
+
+
+def ade20k(root: Path) -> ProbeDataset:
+    def split(name: str) -> list[Item]:
+        images = sorted(_need(root / "images" / name, "ADE20K images").glob("*.jpg"))
+        return [Item(p, root / "annotations" / name / f"{p.stem}.png") for p in images]
+
+    return ProbeDataset("ade20k", split("training"), split("validation"), num_classes=150,
+                        label_offset=1, ignore_zero=True)
+
+
+def voc(root: Path) -> ProbeDataset:
+    def split(name: str) -> list[Item]:
+        return [Item(root / "JPEGImages" / f"{s}.jpg", root / "SegmentationClass" / f"{s}.png")
+                for s in _stems(root / "ImageSets" / "Segmentation" / f"{name}.txt")]
+
+    return ProbeDataset("voc", split("train"), split("val"), num_classes=21)
+
+
+def nyu(root: Path, num_classes: int = 40) -> ProbeDataset:
+    mat = root / "nyu_depth_v2_labeled.mat"
+    if mat.exists():
+        import h5py
+
+        try:
+            with h5py.File(mat, "r") as fh:
+                # MATLAB v7.3 stores arrays transposed: (N, C, W, H) -> (N, H, W, C)
+                arrays = {"images": np.transpose(fh["images"][()], (0, 3, 2, 1)),
+                          "depths": np.transpose(fh["depths"][()], (0, 2, 1)),
+                          "labels": np.transpose(fh["labels"][()], (0, 2, 1))}
+            with h5py.File(_need(root / "splits.mat", "NYUv2 train/test split"), "r") as fh:
+                train = [int(i) - 1 for i in np.ravel(fh["trainNdxs"][()])]
+                test = [int(i) - 1 for i in np.ravel(fh["testNdxs"][()])]
+        except (OSError, KeyError) as err:
+            raise DatasetError(f"{mat}: not the labelled NYUv2 .mat (v7.3/HDF5) or its "
+                               f"splits.mat ({err})") from None
+        make = lambda ids: [Item(i, i, i) for i in ids]  # noqa: E731
+        return ProbeDataset("nyu", make(train), make(test), num_classes=num_classes,
+                            label_offset=1, ignore_zero=True, arrays=arrays)
+
+    def split(name: str) -> list[Item]:
+        images = sorted(_need(root / name / "image", "NYUv2 images").glob("*.png"))
+        return [Item(p, root / name / "label" / p.name, root / name / "depth" / p.name)
+                for p in images]
+
+    return ProbeDataset("nyu", split("train"), split("test"), num_classes=num_classes,
+                        label_offset=1, ignore_zero=True)
+
+
+def scannetpp(root: Path, num_classes: int = 100) -> ProbeDataset:
+    def split(name: str) -> list[Item]:
+        items = []
+        for scene in _stems(root / "splits" / f"{name}.txt"):
+            folder = _need(root / scene / "images", f"images of scene {scene}")
+            for p in sorted(folder.iterdir()):
+                items.append(Item(p, root / scene / "semantics" / f"{p.stem}.png",
+                                  root / scene / "depth" / f"{p.stem}.png"))
+        return items
+
+    return ProbeDataset("scannetpp", split("train"), split("val"), num_classes=num_classes)
+
+
+def kitti(root: Path) -> ProbeDataset:
+    def split(name: str) -> list[Item]:
+        listing = _need(root / f"eigen_{name}_files.txt", "KITTI Eigen split")
+        items = []
+        for n, line in enumerate(listing.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise DatasetError(f"{listing}:{n}: expected '<rgb path> <depth path> [focal]'")
+            items.append(Item(root / parts[0], None, root / parts[1]))
+        return items
+
+    return ProbeDataset("kitti", split("train"), split("test"), max_depth=80.0,
+                        depth_scale=256.0)
+
+
+def synthetic(root: Path) -> ProbeDataset:
+    from training.data.scene import SceneError, load_scene, scene_paths
+
+    train, val = [], []
+    try:
+        for path in scene_paths(root):
+            for i, f in enumerate(load_scene(path).frames):
+                (val if i % 4 == 0 else train).append(Item(f.image_path, f.label_path,
+                                                           f.depth_path))
+    except SceneError as err:
+        raise DatasetError(str(err)) from None
+    return ProbeDataset("synthetic", train, val, num_classes=7, label_offset=1,
+                        ignore_zero=True)
+
+
+READERS = {"ade20k": ade20k, "voc": voc, "nyu": nyu, "scannetpp": scannetpp, "kitti": kitti,
+           "synthetic": synthetic}
+
+
+def open_dataset(spec: str) -> ProbeDataset:
+    """``FORMAT:PATH`` -> a dataset; errors name what is missing."""
+    fmt, sep, path = spec.partition(":")
+    if not sep or fmt not in READERS:
+        raise DatasetError(f"--data must be FORMAT:PATH with FORMAT one of "
+                           f"{', '.join(READERS)}; got {spec!r}")
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    data = READERS[fmt](root)
+    if not data.train or not data.val:
+        raise DatasetError(f"{root}: the {fmt} layout yielded {len(data.train)} training and "
+                           f"{len(data.val)} validation images")
+    return data
