@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from eval.consistency import correspondences, sample_features
 from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics, relative_rotation_degrees
@@ -70,8 +71,10 @@ def variant_maps(out, variant: str) -> torch.Tensor:
 
 def evaluate_pair(model: FiT3D, transform, image_a: np.ndarray, image_b: np.ndarray,
                   uv_a: np.ndarray, uv_b: np.ndarray, rotation: float) -> PairResult:
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        outs = [model.forward_features(transform(im).unsqueeze(0)) for im in (image_a, image_b)]
+        outs = [model.forward_features(transform(im).unsqueeze(0).to(device))
+                for im in (image_a, image_b)]
     size_a = (image_a.shape[1], image_a.shape[0])
     size_b = (image_b.shape[1], image_b.shape[0])
     preds = {v: nearest_neighbours(variant_maps(outs[0], v), variant_maps(outs[1], v), uv_a,
@@ -90,26 +93,32 @@ def select_pairs(w2cs: list[np.ndarray], count: int, max_rotation: float, seed: 
     return [pairs[k] for k in sorted(keep)]
 
 
-def scene_pair_results(model: FiT3D, scene_dir: Path, pairs: int, max_rotation: float,
-                       queries: int, seed: int) -> list[PairResult]:
+def scene_tasks(scene_dirs: list[Path], pairs: int, max_rotation: float, seed: int
+                ) -> list[tuple[Path, int, int, float]]:
+    """(scene, view a, view b, rotation) for every pair to evaluate, in a fixed order."""
+    tasks = []
+    for scene_dir in scene_dirs:
+        scene = load_scene(scene_dir)
+        if any(f.depth_path is None for f in scene.frames):
+            raise SceneError(f"{scene_dir}: correspondence needs depth maps for every frame")
+        tasks += [(scene_dir, i, j, rot) for i, j, rot in
+                  select_pairs([f.camera.w2c for f in scene.frames], pairs, max_rotation, seed)]
+    return tasks
+
+
+def run_scene_task(model: FiT3D, task: tuple[Path, int, int, float], queries: int, seed: int
+                   ) -> PairResult | None:
+    """One view pair; ``None`` when the views share fewer than 10 visible points."""
+    scene_dir, i, j, rot = task
     scene = load_scene(scene_dir)
-    if any(f.depth_path is None for f in scene.frames):
-        raise SceneError(f"{scene_dir}: correspondence needs depth maps for every frame")
-    transform = get_transform(model)
-    rng = np.random.default_rng(seed)
-    results = []
-    for i, j, rot in select_pairs([f.camera.w2c for f in scene.frames], pairs, max_rotation,
-                                  seed):
-        fa, fb = scene.frames[i], scene.frames[j]
-        matches = correspondences(fa.camera, load_depth(fa.depth_path, fa.depth_scale),
-                                  fb.camera, load_depth(fb.depth_path, fb.depth_scale))
-        if len(matches.uv_a) < 10:
-            continue
-        pick = rng.permutation(len(matches.uv_a))[:queries]
-        results.append(evaluate_pair(
-            model, transform, load_rgb(fa.image_path), load_rgb(fb.image_path),
-            matches.uv_a[pick], matches.uv_b[pick], rot))
-    return results
+    fa, fb = scene.frames[i], scene.frames[j]
+    matches = correspondences(fa.camera, load_depth(fa.depth_path, fa.depth_scale),
+                              fb.camera, load_depth(fb.depth_path, fb.depth_scale))
+    if len(matches.uv_a) < 10:
+        return None
+    pick = np.random.default_rng([seed, i, j]).permutation(len(matches.uv_a))[:queries]
+    return evaluate_pair(model, get_transform(model), load_rgb(fa.image_path),
+                         load_rgb(fb.image_path), matches.uv_a[pick], matches.uv_b[pick], rot)
 
 
 def stereo_pair_results(model: FiT3D, folder: Path, queries: int, seed: int
@@ -212,21 +221,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.queries < 1:
         parser.error("--pairs and --queries must be positive")
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    accelerator = Accelerator()
+    rank, world = accelerator.process_index, accelerator.num_processes
     try:
-        model = load_fit3d(args.model)
+        model = load_fit3d(args.model, device=accelerator.device)
         if args.stereo:
             results = stereo_pair_results(model, Path(args.stereo), args.queries, args.seed)
             dataset = Path(args.stereo).name
         else:
-            results = []
-            for path in scene_paths(args.scenes):
-                results += scene_pair_results(model, path, args.pairs, args.max_rotation,
-                                              args.queries, args.seed)
+            tasks = scene_tasks(scene_paths(args.scenes), args.pairs, args.max_rotation,
+                                args.seed)
+            mine = [run_scene_task(model, t, args.queries, args.seed)
+                    for t in tqdm(tasks[rank::world], desc="pairs", mininterval=1.0,
+                                  disable=not accelerator.is_local_main_process)]
+            results = [r for r in mine if r is not None]
+            if world > 1:  # every process matched its share of the pairs
+                results = gather_object(results)
             dataset = Path(args.scenes).name
         summary = summarise(results)
     except (FiT3DError, SceneError) as err:
         print(f"eval.correspondence: error: {err}", file=sys.stderr)
         return 2
+    if not accelerator.is_main_process:
+        return 0
     table = markdown_table(summary)
     print(table)
     if args.output:

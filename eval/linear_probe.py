@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval.datasets import IGNORE, DatasetError, ProbeDataset, open_dataset
-from eval.metrics import confusion_matrix, depth_metrics, segmentation_metrics
+from eval.metrics import confusion_matrix, depth_metric_rows, mean_rows, segmentation_metrics
 from eval.probe_heads import DepthHead, SegmentationHead, gradient_loss, sig_loss
 from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
 from fit3d_hub.weights import write_text_atomic
@@ -42,6 +42,11 @@ class Batch:
     cls: torch.Tensor  # (B, C) original CLS token
     label: torch.Tensor | None  # (B, S, S) int64
     depth: torch.Tensor | None  # (B, S, S) float
+
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch({k: v.to(device) for k, v in self.feats.items()}, self.cls.to(device),
+                     move(self.label), move(self.depth))
 
 
 def square(image: np.ndarray, label, depth, size: int, patch: int):
@@ -72,6 +77,7 @@ def extract(model: FiT3D, data: ProbeDataset, items, size: int, flip: bool = Fal
     transform = get_transform(model)
     mean = torch.tensor(transform.mean).view(3, 1, 1)
     std = torch.tensor(transform.std).view(3, 1, 1)
+    device = next(model.parameters()).device
     out = []
     for item in tqdm(items, desc=desc, leave=False, mininterval=1.0, disable=desc is None):
         image, label, depth = data.load(item)
@@ -80,9 +86,10 @@ def extract(model: FiT3D, data: ProbeDataset, items, size: int, flip: bool = Fal
             img = img.flip(-1)
             lab = lab.flip(-1) if lab is not None else None
             dep = dep.flip(-1) if dep is not None else None
-        f = model.forward_features(((img - mean) / std)[None])
-        out.append({"original": f.original[0].half(), "finetuned": f.finetuned[0].half(),
-                    "cls": f.cls_token[0].half(), "label": lab, "depth": dep})
+        f = model.forward_features(((img - mean) / std)[None].to(device))
+        out.append({"original": f.original[0].half().cpu(),
+                    "finetuned": f.finetuned[0].half().cpu(),
+                    "cls": f.cls_token[0].half().cpu(), "label": lab, "depth": dep})
     return out
 
 
@@ -96,49 +103,69 @@ def collate(records: list[dict]) -> Batch:
     return Batch(feats, torch.stack([r["cls"].float() for r in records]), label, depth)
 
 
-def make_heads(task: str, channels: int, data: ProbeDataset) -> torch.nn.ModuleDict:
-    dims = {"original": channels, "finetuned": channels, "concat": 2 * channels}
-    if task == "seg":
-        return torch.nn.ModuleDict({v: SegmentationHead(d, data.num_classes)
-                                    for v, d in dims.items()})
-    return torch.nn.ModuleDict({v: DepthHead(d, channels, data.min_depth, data.max_depth)
-                                for v, d in dims.items()})
+class ProbeHeads(torch.nn.Module):
+    """One linear head per feature variant, called together (one DDP forward per step)."""
+
+    def __init__(self, task: str, channels: int, data: ProbeDataset):
+        super().__init__()
+        self.task = task
+        dims = {"original": channels, "finetuned": channels, "concat": 2 * channels}
+        self.heads = torch.nn.ModuleDict({
+            v: SegmentationHead(d, data.num_classes) if task == "seg"
+            else DepthHead(d, channels, data.min_depth, data.max_depth)
+            for v, d in dims.items()})
+
+    def forward(self, feats: dict[str, torch.Tensor], cls: torch.Tensor,
+                size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        if self.task == "seg":
+            return {v: self.heads[v](feats[v], size) for v in VARIANTS}
+        return {v: self.heads[v](feats[v], cls, size) for v in VARIANTS}
 
 
-def head_loss(task: str, heads, batch: Batch, data: ProbeDataset) -> torch.Tensor:
-    size = tuple(batch.label.shape[-2:] if task == "seg" else batch.depth.shape[-2:])
+def target_size(task: str, batch: Batch) -> tuple[int, int]:
+    return tuple((batch.label if task == "seg" else batch.depth).shape[-2:])
+
+
+def head_loss(task: str, outputs: dict[str, torch.Tensor], batch: Batch,
+              data: ProbeDataset) -> torch.Tensor:
+    """Sum over variants of cross-entropy (seg) or SigLoss + 0.5 gradient loss (depth)."""
     total = 0.0
     for v in VARIANTS:
-        feats = batch.feats[v]
         if task == "seg":
-            total = total + F.cross_entropy(heads[v](feats, size), batch.label,
-                                            ignore_index=IGNORE)
+            total = total + F.cross_entropy(outputs[v], batch.label, ignore_index=IGNORE)
         else:
-            pred = heads[v](feats, batch.cls, size)
             valid = (batch.depth > data.min_depth) & (batch.depth < data.max_depth)
-            total = total + sig_loss(pred, batch.depth, valid) \
-                + 0.5 * gradient_loss(pred, batch.depth, valid)
+            total = total + sig_loss(outputs[v], batch.depth, valid) \
+                + 0.5 * gradient_loss(outputs[v], batch.depth, valid)
     return total
 
 
 @torch.no_grad()
-def evaluate(task: str, heads, records: list[dict], data: ProbeDataset,
-             batch_size: int) -> dict[str, dict[str, float]]:
+def evaluate(task: str, heads, records: list[dict], data: ProbeDataset, batch_size: int,
+             accelerator=None) -> dict[str, dict[str, float]]:
+    """Metrics per variant; with Accelerate each process scores its shard and the raw
+    statistics (confusion matrices, per-image depth rows) are pooled before averaging."""
     heads.eval()
     out = {}
     for v in VARIANTS:
         conf = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long)
-        preds, gts = [], []
+        rows: list[dict] = []
+        device = next(heads.parameters()).device
         for i in range(0, len(records), batch_size):
-            batch = collate(records[i:i + batch_size])
+            batch = collate(records[i:i + batch_size]).to(device)
+            pred = heads(batch.feats, batch.cls, target_size(task, batch))[v]
             if task == "seg":
-                logits = heads[v](batch.feats[v], tuple(batch.label.shape[-2:]))
-                conf += confusion_matrix(logits.argmax(1), batch.label, data.num_classes)
+                conf += confusion_matrix(pred.argmax(1).cpu(), batch.label.cpu(),
+                                         data.num_classes)
             else:
-                preds.append(heads[v](batch.feats[v], batch.cls, tuple(batch.depth.shape[-2:])))
-                gts.append(batch.depth)
-        out[v] = segmentation_metrics(conf) if task == "seg" else \
-            depth_metrics(torch.cat(preds), torch.cat(gts), data.min_depth, data.max_depth)
+                rows += depth_metric_rows(pred.cpu(), batch.depth.cpu(), data.min_depth,
+                                          data.max_depth)
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            conf = accelerator.reduce(conf.to(accelerator.device), "sum").cpu()
+            rows = gather_object(rows)
+        out[v] = segmentation_metrics(conf) if task == "seg" else mean_rows(rows)
     heads.train()
     return out
 
@@ -159,11 +186,12 @@ def train_probe(model: FiT3D, data: ProbeDataset, task: str, *, iterations: int,
     train_records = extract(model, data, train_items, size, desc="train features") if cache \
         else None
     t_extract = time.perf_counter() - t0
-    heads = make_heads(task, model.embed_dim, data)
+    heads = ProbeHeads(task, model.embed_dim, data)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-4)
     if accelerator is not None:
         heads, optimizer = accelerator.prepare(heads, optimizer)
     rng = np.random.default_rng(seed + rank)
+    device = next(heads.parameters()).device
     t1 = time.perf_counter()
     for step in tqdm(range(iterations), desc=f"{task} probe", leave=False, mininterval=1.0):
         pick = rng.choice(len(train_items), size=batch_size, replace=len(train_items) < batch_size)
@@ -175,14 +203,16 @@ def train_probe(model: FiT3D, data: ProbeDataset, task: str, *, iterations: int,
                        for i, f in zip(pick, flips, strict=True)]
         for group in optimizer.param_groups:
             group["lr"] = lr * (1 - step / iterations) ** 0.9  # poly schedule
-        loss = head_loss(task, heads, collate(records), data)
+        batch = collate(records).to(device)
+        loss = head_loss(task, heads(batch.feats, batch.cls, target_size(task, batch)), batch,
+                         data)
         optimizer.zero_grad(set_to_none=True)
         (accelerator.backward(loss) if accelerator else loss.backward())
         optimizer.step()
     t_train = time.perf_counter() - t1
     unwrapped = accelerator.unwrap_model(heads) if accelerator else heads
-    val_records = extract(model, data, data.val, size, desc="val features")
-    metrics = evaluate(task, unwrapped, val_records, data, batch_size)
+    val_records = extract(model, data, data.val[rank::world], size, desc="val features")
+    metrics = evaluate(task, unwrapped, val_records, data, batch_size, accelerator)
     return metrics, {"extract_s": t_extract, "train_s": t_train}
 
 
@@ -221,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=448, help="square input side")
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute features every step (with random flips)")
+    parser.add_argument("--num-classes", type=int,
+                        help="override the dataset's class count (NYUv2, ScanNet++ label sets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="results JSON (and a .md table beside it)")
     args = parser.parse_args(argv)
@@ -231,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator()
     try:
         data = open_dataset(args.data)
+        if args.num_classes:
+            data.num_classes = args.num_classes
         model = load_fit3d(args.model, device=accelerator.device)
         metrics, timing = train_probe(model, data, args.task, iterations=args.iterations,
                                       batch_size=args.batch_size, lr=args.lr, size=args.size,

@@ -45,6 +45,19 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_de
     One image (H, W) or a batch (N, H, W); a batch averages the per-image figures, as the
     DINOv2 depth protocol does.
     """
+    return mean_rows(depth_metric_rows(pred, gt, min_depth, max_depth))
+
+
+def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-image metric rows (rows from several processes can be pooled first)."""
+    if not rows:
+        raise ValueError("no pixel with ground-truth depth inside the evaluation range")
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def depth_metric_rows(pred: torch.Tensor, gt: torch.Tensor, min_depth: float,
+                      max_depth: float) -> list[dict[str, float]]:
+    """Per-image depth metrics; images without valid ground truth give no row."""
     if pred.dim() == 2:
         pred, gt = pred[None], gt[None]
     rows = []
@@ -58,9 +71,7 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_de
                      "AbsRel": float(((p - g).abs() / g).mean()),
                      **{f"delta{k}": float((ratio < 1.25**k).double().mean() * 100)
                         for k in (1, 2, 3)}})
-    if not rows:
-        raise ValueError("no pixel with ground-truth depth inside the evaluation range")
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    return rows
 
 
 def correspondence_metrics(pred_uv: np.ndarray, gt_uv: np.ndarray, short_side: float,
