@@ -91,9 +91,9 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
     scene = load_scene(path)
     cams = [f.camera.scaled(config.downscale) for f in scene.frames]
     size = (cams[0].width, cams[0].height)
-    feats = compute_teacher_features(teacher, [load_rgb(f.image_path, size) for f in scene.frames],
-                                     device=device)
-    views = SceneViews.load(scene, feats, config.downscale, device)
+    images = [load_rgb(f.image_path, size) for f in scene.frames]
+    feats = compute_teacher_features(teacher, images, device=device)
+    views = SceneViews.load(scene, feats, config.downscale, device, images=images)
     bar = tqdm(total=config.iterations, desc=scene.name, position=position, leave=True,
                dynamic_ncols=True, mininterval=1.0)
 

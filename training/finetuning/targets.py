@@ -24,14 +24,12 @@ def render_target(scene: LiftedScene, view: int, backend: str, device: torch.dev
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded features (C, H, W) and coverage alpha (1, H, W) of one view, at render size."""
     g = scene.gaussians
-    splats = {k: v.to(device) for k, v in g.splats.items()
-              if k in ("means", "quats", "scales", "opacities", "features")}
+    geo = {k: v.to(device) for k, v in g.activated().items()}
     width, height = scene.size
     feats, alpha, _ = rasterize(
-        backend, splats["means"], splats["quats"], torch.exp(splats["scales"]),
-        torch.sigmoid(splats["opacities"]), splats["features"],
-        scene.viewmats[view:view + 1].to(device), scene.Ks[view:view + 1].to(device),
-        width, height)
+        backend, geo["means"], geo["quats"], geo["scales"], geo["opacities"],
+        g.splats["features"].to(device), scene.viewmats[view:view + 1].to(device),
+        scene.Ks[view:view + 1].to(device), width, height)
     decoder = g.decoder.to(device)
     decoded = decoder(feats.permute(0, 3, 1, 2))[0]
     return decoded, alpha[0].permute(2, 0, 1)

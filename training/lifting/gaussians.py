@@ -107,17 +107,14 @@ class FeatureGaussians(nn.Module):
     def num_gaussians(self) -> int:
         return int(self.splats["means"].shape[0])
 
-    def activated(self, detach_geometry: bool = False) -> dict[str, torch.Tensor]:
-        """Renderer inputs: activated scales and opacities; geometry detached if asked."""
-        g = {
+    def activated(self) -> dict[str, torch.Tensor]:
+        """Renderer inputs for the geometry: activated scales and opacities."""
+        return {
             "means": self.splats["means"],
             "quats": self.splats["quats"],
             "scales": torch.exp(self.splats["scales"]),
             "opacities": torch.sigmoid(self.splats["opacities"]),
         }
-        if detach_geometry:
-            g = {k: v.detach() for k, v in g.items()}
-        return g
 
     def sh_coeffs(self) -> torch.Tensor:
         return torch.cat([self.splats["sh0"], self.splats["shN"]], dim=1)

@@ -62,10 +62,12 @@ class SceneViews:
 
     @classmethod
     def load(cls, scene: Scene, teacher: torch.Tensor, downscale: float,
-             device: torch.device) -> SceneViews:
+             device: torch.device, images: list[np.ndarray] | None = None) -> SceneViews:
+        """``images`` (already loaded at the downscaled size) are reused if given."""
         cams = [f.camera.scaled(downscale) for f in scene.frames]
         size = (cams[0].width, cams[0].height)
-        images = np.stack([load_rgb(f.image_path, size) for f in scene.frames])
+        images = np.stack(images if images is not None else
+                          [load_rgb(f.image_path, size) for f in scene.frames])
         masks = None
         if any(f.mask_path for f in scene.frames):
             masks = torch.from_numpy(np.stack([
