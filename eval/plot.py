@@ -33,7 +33,7 @@ def line_chart(path: str | Path, xs: list[float], series: dict[str, list[float]]
     for x in xs:
         d.text((px(x, y0)[0] - 10, h - bottom + 5), f"{x:g}", fill="black")
     d.text((w // 2 - 60, h - 18), x_label, fill="black")
-    d.text((5, 8), f"{title} — {y_label}", fill="black")
+    d.text((5, 8), f"{title}: {y_label}", fill="black")  # ASCII: PIL's default font
     for i, (name, ys) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
         d.line([px(x, y) for x, y in zip(xs, ys, strict=True)], fill=colour, width=2)
