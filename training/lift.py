@@ -98,10 +98,9 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
                dynamic_ncols=True, mininterval=1.0)
 
     def on_step(step: int, record: dict) -> None:
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}",
-                            gs=record["gaussians"], refresh=False)
+        bar.update(step + 1 - bar.n)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}",
+                        gs=record["gaussians"], refresh=False)
 
     try:
         result = lift_scene(scene, views, config, backend=backend, device=device,

@@ -16,6 +16,9 @@ from training.lifting.rasterize import rasterize_rgb_and_features
 from training.lifting.strategy import OpacityResetStrategy
 from training.lifting.teacher import upsample_teacher
 
+LOG_EVERY = 10  # steps between progress records (each costs a device sync and a PSNR)
+HISTORY_EVERY = 50  # a multiple of LOG_EVERY
+
 
 class LiftError(RuntimeError):
     """A scene that cannot be lifted (NaN loss, degenerate data); the run goes on without it."""
@@ -126,7 +129,10 @@ def training_views(count: int, holdout_every: int) -> list[int]:
 def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: str,
                device: torch.device, on_step: Callable[[int, dict], None] | None = None
                ) -> LiftResult:
-    """Optimise the scene's feature Gaussians for ``config.iterations`` steps."""
+    """Optimise the scene's feature Gaussians for ``config.iterations`` steps.
+
+    ``on_step(step, record)`` is called every ``LOG_EVERY`` steps and after the last one.
+    """
     torch.manual_seed(config.seed)
     gaussians = FeatureGaussians.initialise(
         scene, feature_dim=config.feature_dim, teacher_dim=views.teacher.shape[1],
@@ -165,13 +171,14 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
         strategy.step_post_backward(gaussians.splats, optimizers, state, step, out["info"])
         for group in optimizers["means"].param_groups:
             group["lr"] *= decay
-        if on_step is not None or step % 50 == 0 or step == config.iterations - 1:
+        last = step == config.iterations - 1
+        if step % LOG_EVERY == 0 or last:
             with torch.no_grad():
                 target = views.images[index:index + 1].permute(0, 3, 1, 2)
                 record = {"step": step, "loss": float(loss), "rgb_loss": float(l_rgb),
                           "feature_l1": float(l_feat), "psnr": psnr(out["rgb"], target),
                           "gaussians": gaussians.num_gaussians}
-            if step % 50 == 0 or step == config.iterations - 1:
+            if step % HISTORY_EVERY == 0 or last:
                 history.append(record)
             if on_step is not None:
                 on_step(step, record)
