@@ -17,6 +17,7 @@ from torch import nn
 from fit3d_hub.model import patch_tokens_nchw
 from training.finetuning.data import LiftedStore
 from training.finetuning.targets import make_sample, masked_l1
+from training.lifting.trainer import training_views
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -73,9 +74,11 @@ class TrainState:
 
 def epoch_order(views: list[int], epoch: int, seed: int, holdout_every: int
                 ) -> list[tuple[int, int, bool]]:
-    """(scene, view, flip) of one epoch: every training view once, in a seeded order."""
-    pairs = [(s, v) for s, n in enumerate(views) for v in range(n)
-             if holdout_every <= 0 or v % holdout_every != 0]
+    """(scene, view, flip) of one epoch: every training view once, in a seeded order.
+
+    Held-out views are Stage 1's (``training_views``), so neither stage sees them.
+    """
+    pairs = [(s, v) for s, n in enumerate(views) for v in training_views(n, holdout_every)]
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(pairs))
     flips = rng.random(len(pairs)) < 0.5
