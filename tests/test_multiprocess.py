@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,13 @@ from training.data.synthetic import generate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                           "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                           "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300, check=False)
+    # --standalone: torchrun picks its own free rendezvous port (no pick-then-bind race)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", module, *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def test_lift_shards_scenes_over_processes(setup):
                      "--output", "lifted", "--iterations", "10", "--max-points", "200",
                      cwd=setup)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '"process": 0, "lifted": 1' in proc.stdout
+    assert '"process": 0, "lifted": 1' in proc.stdout, proc.stdout
     assert '"process": 1, "lifted": 1' in proc.stdout
     assert len(list((setup / "lifted").glob("*/feature_gaussians.safetensors"))) == 2
 
@@ -56,8 +49,8 @@ def test_probe_and_correspondence_pool_results_across_processes(setup):
                      "--model", "model", "--iterations", "5", "--batch-size", "2", "--size",
                      "28", cwd=setup)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("| concat |") == 1  # only the main process reports
+    assert proc.stdout.count("| concat |") == 1, proc.stdout  # only the main process reports
     proc = _torchrun("eval.correspondence", "--model", "model", "--scenes", "scenes",
                      "--pairs", "2", "--queries", "20", cwd=setup)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("| concat |") == 1
+    assert proc.stdout.count("| concat |") == 1, proc.stdout
