@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fit3d_hub import load_fit3d  # noqa: E402
+from fit3d_hub import get_transform, load_fit3d  # noqa: E402
 from training.data.scene import load_scene  # noqa: E402
 from training.data.synthetic import generate  # noqa: E402
 from training.finetuning.data import load_lifted_scene  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
         lifted = load_lifted_scene(output_path(tmp, scene.name), scene_dir)
     model = PatchFeatures(vit)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)
-    patch = vit.patch_embed.patch_size[0]
+    transform = get_transform(teacher)
     parts = {"render targets": [], "forward + backward": [], "optimizer": []}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
         torch.autocast("cpu", enabled=False)
@@ -73,7 +73,7 @@ def main() -> None:
         _sync(device)
         t0 = time.perf_counter()
         samples = [make_sample(lifted, (step * args.batch_size + i) % len(scene.frames),
-                               i % 2 == 0, patch, backend, device)
+                               i % 2 == 0, transform, backend, device)
                    for i in range(args.batch_size)]
         images = torch.stack([s.image for s in samples])
         targets = torch.stack([s.target for s in samples])

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fit3d_hub import load_fit3d  # noqa: E402
-from training.data.scene import Scene, load_rgb, load_scene  # noqa: E402
+from training.data.scene import Scene, load_image, load_scene  # noqa: E402
 from training.data.synthetic import generate  # noqa: E402
 from training.lifting.rasterize import gsplat_available  # noqa: E402
 from training.lifting.teacher import compute_teacher_features  # noqa: E402
@@ -71,7 +71,7 @@ def teacher_cache_ratio(device: torch.device, workdir: Path, size: int, repeats:
     teacher = load_fit3d("dinov2_small", pretrained=False, mode="original", device=device)
     path = generate(workdir / "teacher", scenes=1, views=4, size=size, seed=1, points=5000)[0]
     scene = load_scene(path)
-    images = [load_rgb(f.image_path) for f in scene.frames]
+    images = [load_image(f.image_path) for f in scene.frames]
     feats = compute_teacher_features(teacher, images, device=device)
     views = SceneViews.load(scene, feats, 1.0, device)
     step = LiftConfig(iterations=1, max_points=5000, refine_start_iter=10**9,

@@ -75,8 +75,6 @@ def extract(model: FiT3D, data: ProbeDataset, items, size: int, flip: bool = Fal
             desc: str | None = "features") -> list[dict]:
     """Run the frozen backbone once per item: fp16 features of both branches + CLS."""
     transform = get_transform(model)
-    mean = torch.tensor(transform.mean).view(3, 1, 1)
-    std = torch.tensor(transform.std).view(3, 1, 1)
     device = next(model.parameters()).device
     out = []
     for item in tqdm(items, desc=desc, leave=False, mininterval=1.0, disable=desc is None):
@@ -86,7 +84,7 @@ def extract(model: FiT3D, data: ProbeDataset, items, size: int, flip: bool = Fal
             img = img.flip(-1)
             lab = lab.flip(-1) if lab is not None else None
             dep = dep.flip(-1) if dep is not None else None
-        f = model.forward_features(((img - mean) / std)[None].to(device))
+        f = model.forward_features(transform.batch(img[None]).to(device))
         out.append({"original": f.original[0].half().cpu(),
                     "finetuned": f.finetuned[0].half().cpu(),
                     "cls": f.cls_token[0].half().cpu(), "label": lab, "depth": dep})

@@ -98,9 +98,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
         out = model.forward_features(x)
     shown = transform.output_size(image.height, image.width)
     panels = [
-        ("input", (x[0].cpu() * torch.tensor(transform.std).view(3, 1, 1)
-                   + torch.tensor(transform.mean).view(3, 1, 1)).clamp(0, 1)
-         .mul(255).round().byte().permute(1, 2, 0).numpy()),
+        ("input", transform.invert(x[0].cpu()).mul(255).round().byte().permute(1, 2, 0)
+         .numpy()),
         ("original", pca_rgb(out.original[0].cpu())),
         ("fine-tuned (FiT3D)", pca_rgb(out.finetuned[0].cpu())),
     ]

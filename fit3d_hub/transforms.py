@@ -1,4 +1,11 @@
-"""The preprocessing a FiT3D backbone expects: RGB, patch-multiple size, mean/std normalised."""
+"""The preprocessing a FiT3D backbone expects, as one batched path used everywhere.
+
+RGB in [0, 1], each side rounded *down* to a multiple of the patch size (bilinear, no
+antialiasing: the authors' rule in Stage 1, Stage 2 and their demo), then normalised with the
+backbone's mean and std. The Stage 1 teacher, Stage 2, the probes, the correspondence
+benchmark and :func:`get_transform` all call :func:`preprocess_images`, so a view is turned
+into the same tensor wherever it is fed to a backbone.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +19,72 @@ from PIL import Image
 
 from fit3d_hub.errors import InputShapeError, RepoFormatError
 
+Stats = tuple[float, float, float]
+
+
+def patch_floor(height: int, width: int, patch: int) -> tuple[int, int]:
+    """Each side rounded down to a multiple of ``patch`` (at least one patch)."""
+    return max(patch, height // patch * patch), max(patch, width // patch * patch)
+
+
+def _stats(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(3, 1, 1)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of ``(..., 3, H, W)`` images in [0, 1]."""
+    return (x - _stats(mean, x)) / _stats(std, x)
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Inverse of :func:`normalize`."""
+    return x * _stats(std, x) + _stats(mean, x)
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 or float images -> float32 in [0, 1]."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise InputShapeError(f"expected images as a (B, 3, H, W) tensor; got "
+                              f"{tuple(images.shape)}")
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int], *,
+                  antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize (half-pixel centres) of ``(B, C, H, W)``; a no-op at the same size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                         antialias=antialias)
+
+
+def preprocess_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                      patch: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 or [0, 1] images -> normalised backbone input.
+
+    ``size=None`` keeps the image, its sides rounded down to patch multiples; a given
+    ``size`` (patch multiples) is resized to, antialiased where it shrinks the image.
+    """
+    x = as_float_images(images)
+    height, width = x.shape[-2:]
+    if size is None:
+        size, antialias = patch_floor(height, width, patch), False
+    else:
+        antialias = size[0] < height or size[1] < width
+    return normalize(resize_images(x, tuple(size), antialias=antialias), mean, std)
+
 
 @dataclass(frozen=True)
 class FiT3DTransform:
     """PIL image / HWC uint8 array / CHW tensor -> normalised ``(3, H, W)`` float tensor.
 
-    ``size=None`` keeps the image's size, rounded down to multiples of the patch size (the
-    authors' demo does the same); an ``int`` scales the shorter side to it first; an
-    ``(H, W)`` pair resizes to exactly that (each must be a multiple of the patch size).
+    ``size=None`` keeps the image's size, rounded down to multiples of the patch size (as
+    the authors do); an ``int`` scales the shorter side to it first; an ``(H, W)`` pair
+    resizes to exactly that (each must be a multiple of the patch size).
     """
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: Stats
+    std: Stats
     patch_size: int
     size: int | tuple[int, int] | None = None
 
@@ -38,17 +99,21 @@ class FiT3DTransform:
         if self.size is not None:
             scale = self.size / min(height, width)
             height, width = round(height * scale), round(width * scale)
-        return max(p, height // p * p), max(p, width // p * p)
+        return patch_floor(height, width, p)
 
     def __call__(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
         x = to_chw_float(image)
-        h, w = self.output_size(*x.shape[-2:])
-        if (h, w) != tuple(x.shape[-2:]):
-            x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False,
-                              antialias=True)[0]
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
-        return (x - mean) / std
+        size = None if self.size is None else self.output_size(*x.shape[-2:])
+        return preprocess_images(x[None], self.mean, self.std, self.patch_size, size)[0]
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """The same for a ``(B, 3, H, W)`` uint8 or [0, 1] batch of one size."""
+        size = None if self.size is None else self.output_size(*images.shape[-2:])
+        return preprocess_images(images, self.mean, self.std, self.patch_size, size)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input back to RGB in [0, 1] (for pictures)."""
+        return denormalize(x, self.mean, self.std).clamp(0, 1)
 
 
 def to_chw_float(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:

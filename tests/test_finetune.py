@@ -54,7 +54,7 @@ def finetuned(lifted):
 
     out = lifted / "model"
     code = main(_finetune(lifted, out, "--epochs", str(SETTINGS.epochs), "--lr",
-                          str(SETTINGS.lr), "--save-every", "0"))
+                          str(SETTINGS.lr), "--lr-drop", "--save-every", "0"))
     assert code == 0
     return out
 

@@ -8,7 +8,7 @@ import torch
 
 from fit3d_hub import FiT3D
 from fit3d_hub.backbone import create_vit
-from training.data.scene import load_rgb, load_scene
+from training.data.scene import load_image, load_scene
 from training.data.synthetic import generate
 from training.lifting.gaussians import GEOMETRY, FeatureGaussians
 from training.lifting.io import is_finished, load_lifted, save_lifted
@@ -48,7 +48,7 @@ def teacher():
 
 @pytest.fixture(scope="module")
 def views(scene, teacher):
-    feats = compute_teacher_features(teacher, [load_rgb(f.image_path) for f in scene.frames])
+    feats = compute_teacher_features(teacher, [load_image(f.image_path) for f in scene.frames])
     return SceneViews.load(scene, feats, 1.0, CPU)
 
 
@@ -94,7 +94,7 @@ def test_teacher_cache_runs_the_backbone_once_per_view(scene, teacher, monkeypat
         return original_forward(x)
 
     monkeypatch.setattr(teacher.original, "forward_features", counting)
-    feats = compute_teacher_features(teacher, [load_rgb(f.image_path) for f in scene.frames],
+    feats = compute_teacher_features(teacher, [load_image(f.image_path) for f in scene.frames],
                                      batch_size=3)
     assert sum(calls) == len(scene.frames)  # every view exactly once
     # 48x36 views enter the patch-8 teacher as 48x32 (sides rounded to patch multiples)

@@ -146,7 +146,8 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None,
     t = time.perf_counter()
     code = finetune.main(["--lifted", str(output / "lifted"), "--scenes", str(output / "scenes"),
                           "--backbone", backbone, "--output", str(output / "model"),
-                          "--epochs", str(s.epochs), "--lr", str(s.lr), "--holdout-every",
+                          "--epochs", str(s.epochs), "--lr", str(s.lr), "--lr-drop",
+                          "--holdout-every",
                           str(s.holdout_every), "--save-every", "0", "--seed", str(s.seed),
                           "--backend", "torch"])
     times["finetune"] = time.perf_counter() - t

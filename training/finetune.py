@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fit3d_hub import FiT3D, FiT3DError, load_fit3d
+from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
 from training.data.scene import SceneError, scene_paths
 from training.finetuning.data import LiftedDataError, LiftedStore, check_memory, pair_scenes
 from training.finetuning.trainer import (
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--lazy", action="store_true", help="load one lifted scene at a time")
     p.add_argument("--no-hflip", action="store_true", help="no horizontal flips")
+    p.add_argument("--lr-drop", type=int, nargs="*", default=[1], metavar="EPOCH",
+                   help="epochs after which the lr drops 10x (default 1, the authors'; the flag "
+                   "with no epoch: never)")
+    p.add_argument("--coverage-mask", action="store_true",
+                   help="also leave out tokens the Gaussians do not cover (off: the authors "
+                   "weight the loss by the scene mask only)")
     p.add_argument("--holdout-every", type=int, default=0,
                    help="leave every k-th view out of training (0: use all)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -65,6 +71,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if any(e < 1 for e in args.lr_drop):
+        parser.error("--lr-drop epochs must be positive integers")
     for name in ("lr", "weight_decay", "grad_clip"):
         if not getattr(args, name) >= 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                             grad_accum=args.grad_accum, hflip=not args.no_hflip,
+                            lr_drop=tuple(args.lr_drop), coverage_mask=args.coverage_mask,
                             save_every=args.save_every, holdout_every=args.holdout_every,
                             seed=args.seed)
     vit = copy.deepcopy(teacher.original).train()
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         samples_s=f"{record['samples_per_s']:.1f}", refresh=False)
 
     try:
-        summary = finetune(accelerator, vit, store, config, backend=backend,
+        summary = finetune(accelerator, vit, store, config, transform=get_transform(teacher),
+                           backend=backend,
                            checkpoint_dir=output / "checkpoints", resume=args.resume,
                            on_step=on_step)
     except FinetuneError as err:

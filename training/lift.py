@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fit3d_hub import FiT3DError, load_fit3d
-from training.data.scene import SceneError, load_rgb, load_scene, scene_paths
+from training.data.scene import SceneError, load_image, load_scene, scene_paths
 from training.lifting.io import is_finished, output_path, save_lifted
 from training.lifting.rasterize import BACKENDS, resolve_backend
 from training.lifting.teacher import compute_teacher_features
@@ -89,9 +89,7 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
              out_dir: Path, backbone: str, position: int = 0) -> dict:
     """Lift one scene and write its output; returns the metrics."""
     scene = load_scene(path)
-    cams = [f.camera.scaled(config.downscale) for f in scene.frames]
-    size = (cams[0].width, cams[0].height)
-    images = [load_rgb(f.image_path, size) for f in scene.frames]
+    images = [load_image(f.image_path) for f in scene.frames]
     feats = compute_teacher_features(teacher, images, device=device)
     views = SceneViews.load(scene, feats, config.downscale, device, images=images)
     bar = tqdm(total=config.iterations, desc=scene.name, position=position, leave=True,

@@ -62,13 +62,23 @@ def image_size(path: Path) -> tuple[int, int]:
         raise SceneError(f"{path}: not a readable image ({err})") from None
 
 
+def load_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as stored in the file."""
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB"))
+
+
+def rgb_at(image: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A uint8 image as (H, W, 3) float32 in [0, 1], resized (bicubic, as 3DGS loads its
+    training images) to ``size`` = (width, height) if given."""
+    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+        image = np.asarray(Image.fromarray(image).resize(tuple(size), Image.BICUBIC))
+    return image.astype(np.float32) / 255.0
+
+
 def load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1], resized to ``size`` = (width, height) if given."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size is not None and img.size != tuple(size):
-            img = img.resize(size, Image.BICUBIC)
-        return np.asarray(img, dtype=np.float32) / 255.0
+    return rgb_at(load_image(path), size)
 
 
 def load_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data.scene import Scene, load_mask, load_rgb, load_scene
+from training.data.scene import Scene, load_image, load_mask, load_scene
 from training.lifting.gaussians import FeatureGaussians
 from training.lifting.io import LiftedSceneError, load_lifted, output_path, read_meta
 
@@ -20,24 +20,26 @@ class LiftedDataError(ValueError):
 
 @dataclass
 class LiftedScene:
-    """One scene's feature Gaussians, decoder, cameras and images (uint8, CPU)."""
+    """One scene's feature Gaussians, decoder, cameras (at the lifted render size) and its
+    images and masks as stored (uint8 / bool, CPU)."""
 
     name: str
     gaussians: FeatureGaussians
     meta: dict
     viewmats: torch.Tensor  # (V, 4, 4) OpenCV world-to-camera
-    Ks: torch.Tensor  # (V, 3, 3) at the lifted image size
-    images: torch.Tensor  # (V, H, W, 3) uint8
-    masks: torch.Tensor | None  # (V, H, W) bool
+    Ks: torch.Tensor  # (V, 3, 3) at the lifted render size
+    images: torch.Tensor  # (V, H, W, 3) uint8 at file resolution
+    masks: torch.Tensor | None  # (V, H, W) bool at file resolution: True = pixel kept
 
     @property
     def num_views(self) -> int:
         return int(self.viewmats.shape[0])
 
     @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the lifted renders."""
-        return int(self.images.shape[2]), int(self.images.shape[1])
+    def render_size(self) -> tuple[int, int]:
+        """(width, height) of the lifted renders (Stage 1's image size)."""
+        width, height = self.meta["image_size"]
+        return int(width), int(height)
 
 
 def available_memory() -> int:
@@ -73,12 +75,14 @@ def pair_scenes(lifted_dir: Path, scenes: list[Path]) -> list[tuple[Path, Path]]
 
 
 def estimate_bytes(pairs: list[tuple[Path, Path]]) -> int:
-    """Memory the preloaded scenes take: the lifted tensors plus uint8 images."""
+    """Memory the preloaded scenes take: the lifted tensors plus the stored uint8 images
+    (and masks) at file resolution, ``downscale`` times Stage 1's render size."""
     total = 0
     for lifted, _ in pairs:
         meta = read_meta(lifted)
         width, height = meta["image_size"]
-        total += lifted.stat().st_size + meta["views"] * width * height * 4
+        pixels = width * height * float(meta.get("downscale", 1.0)) ** 2
+        total += lifted.stat().st_size + int(meta["views"] * pixels * 4)
     return total
 
 
@@ -98,15 +102,13 @@ def load_lifted_scene(lifted: Path, scene_dir: Path) -> LiftedScene:
     if len(scene.frames) != meta["views"]:
         raise LiftedDataError(f"{lifted}: lifted from {meta['views']} views but {scene_dir} "
                               f"has {len(scene.frames)}; re-run training.lift")
-    width, height = meta["image_size"]
     cams = [f.camera.scaled(meta.get("downscale", 1.0)) for f in scene.frames]
-    images = np.stack([(load_rgb(f.image_path, (width, height)) * 255).round().astype(np.uint8)
-                       for f in scene.frames])
+    images = np.stack([load_image(f.image_path) for f in scene.frames])
     masks = None
     if any(f.mask_path for f in scene.frames):
         masks = torch.from_numpy(np.stack([
-            load_mask(f.mask_path, (width, height)) if f.mask_path
-            else np.ones((height, width), bool) for f in scene.frames]))
+            load_mask(f.mask_path, (f.camera.width, f.camera.height)) if f.mask_path
+            else np.ones((f.camera.height, f.camera.width), bool) for f in scene.frames]))
     gaussians.requires_grad_(False)
     return LiftedScene(scene.name, gaussians, meta,
                        torch.tensor(np.stack([c.w2c for c in cams]), dtype=torch.float32),

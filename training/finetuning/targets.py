@@ -7,16 +7,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fit3d_hub.transforms import FiT3DTransform, resize_images
 from training.finetuning.data import LiftedScene
 from training.lifting.rasterize import rasterize
-from training.lifting.teacher import teacher_input_size
 
 
 @dataclass
 class Sample:
-    image: torch.Tensor  # (3, Hi, Wi) float in [0, 1], sides multiples of the patch size
+    image: torch.Tensor  # (3, Hi, Wi) normalised backbone input, sides patch multiples
     target: torch.Tensor  # (C, h, w) decoded rendered features on the token grid
-    mask: torch.Tensor  # (1, h, w) bool: pixels the Gaussians cover (and the scene mask keeps)
+    mask: torch.Tensor  # (1, h, w) float weights: the scene mask on the token grid
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def render_target(scene: LiftedScene, view: int, backend: str, device: torch.dev
     """Decoded features (C, H, W) and coverage alpha (1, H, W) of one view, at render size."""
     g = scene.gaussians
     geo = {k: v.to(device) for k, v in g.activated().items()}
-    width, height = scene.size
+    width, height = scene.render_size
     feats, alpha, _ = rasterize(
         backend, geo["means"], geo["quats"], geo["scales"], geo["opacities"],
         g.splats["features"].to(device), scene.viewmats[view:view + 1].to(device),
@@ -35,30 +35,33 @@ def render_target(scene: LiftedScene, view: int, backend: str, device: torch.dev
     return decoded, alpha[0].permute(2, 0, 1)
 
 
-def make_sample(scene: LiftedScene, view: int, flip: bool, patch: int, backend: str,
-                device: torch.device) -> Sample:
-    """The backbone input (resized to patch multiples) and its target on the token grid."""
+def make_sample(scene: LiftedScene, view: int, flip: bool, transform: FiT3DTransform,
+                backend: str, device: torch.device, coverage_mask: bool = False) -> Sample:
+    """The authors' Stage 2 sample: the stored image through the one preprocessing path, the
+    features rendered at full render size and decoded, then (after the flip) both the target
+    and the scene mask bilinearly resized to the token grid; the resized mask weights the L1.
+
+    ``coverage_mask`` (ours, off by default) also drops tokens that the Gaussians do not
+    fully cover (alpha > 0.5 on more than 99% of their pixels).
+    """
     decoded, alpha = render_target(scene, view, backend, device)
-    width, height = scene.size
-    hi, wi = teacher_input_size(height, width, patch)
-    image = scene.images[view].to(device).permute(2, 0, 1).float() / 255.0
-    if (hi, wi) != (height, width):
-        image = F.interpolate(image[None], size=(hi, wi), mode="bilinear", align_corners=False,
-                              antialias=True)[0]
-    grid = (hi // patch, wi // patch)
-    target = F.interpolate(decoded[None], size=grid, mode="bilinear", align_corners=False,
-                           antialias=True)[0]
-    covered = alpha > 0.5
-    if scene.masks is not None:
-        covered &= scene.masks[view].to(device)[None]
-    # A token counts only where (nearly) all of its pixels are covered.
-    mask = F.interpolate(covered[None].float(), size=grid, mode="area")[0] > 0.99
+    image = transform.batch(scene.images[view:view + 1].permute(0, 3, 1, 2).to(device))[0]
+    mask = (scene.masks[view:view + 1].to(device).float() if scene.masks is not None
+            else torch.ones(1, *scene.images.shape[1:3], device=device))
     if flip:
-        image, target, mask = image.flip(-1), target.flip(-1), mask.flip(-1)
-    return Sample(image, target, mask)
+        image, decoded, mask, alpha = (t.flip(-1) for t in (image, decoded, mask, alpha))
+    patch = transform.patch_size
+    grid = (image.shape[-2] // patch, image.shape[-1] // patch)
+    target = resize_images(decoded[None], grid)[0]
+    weight = resize_images(mask[None], grid)[0]
+    if coverage_mask:
+        covered = F.interpolate((alpha > 0.5)[None].float(), size=grid, mode="area")[0] > 0.99
+        weight = weight * covered
+    return Sample(image, target, weight)
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean |pred - target| over masked tokens; (B, C, h, w) with a (B, 1, h, w) mask."""
+    """``sum(|pred - target| * mask) / (sum(mask) * C)`` with (B, C, h, w) maps and (B, 1, h, w)
+    weights: the authors' masked L1."""
     weight = mask.to(pred.dtype).expand_as(pred)
     return ((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1.0)

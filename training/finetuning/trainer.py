@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fit3d_hub.model import patch_tokens_nchw
+from fit3d_hub.transforms import FiT3DTransform
 from training.finetuning.data import LiftedStore
 from training.finetuning.targets import make_sample, masked_l1
 from training.lifting.trainer import training_views
@@ -37,6 +38,12 @@ class FinetuneConfig:
     grad_clip: float = 0.1
     grad_accum: int = 1
     hflip: bool = True
+    lr_drop: tuple[int, ...] = (1,)
+    """Epochs after which the lr is multiplied by 0.1 (the authors' MultiStepLR, milestone 1:
+    it only matters for runs longer than the paper's one epoch)."""
+    coverage_mask: bool = False
+    """Also leave out tokens the Gaussians do not cover (ours; the authors weight by the
+    scene mask only)."""
     save_every: int = 1000
     keep_checkpoints: int = 2
     holdout_every: int = 0
@@ -109,12 +116,17 @@ def save_checkpoint(accelerator, directory: Path, step: int, keep: int) -> Path:
     return final
 
 
+def epoch_lr(config: FinetuneConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): 0.1x after each epoch in ``lr_drop``."""
+    return config.lr * 0.1 ** sum(1 for m in config.lr_drop if epoch >= m)
+
+
 def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneConfig, *,
-             backend: str, checkpoint_dir: Path, resume: bool,
+             transform: FiT3DTransform, backend: str, checkpoint_dir: Path, resume: bool,
              on_step: Callable[[dict], None] | None = None) -> dict:
-    """Train ``vit`` in place; returns a summary. Only the main process writes files."""
+    """Train ``vit`` in place on inputs preprocessed by ``transform`` (the teacher's); returns
+    a summary. Only the main process writes files."""
     torch.manual_seed(config.seed)
-    patch = vit.patch_embed.patch_size[0]
     model = PatchFeatures(vit)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -143,8 +155,8 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
         order = epoch_order(store.views, epoch, config.seed, config.holdout_every)
         first = index * per_micro + accelerator.process_index * config.batch_size
         picks = order[first:first + config.batch_size]
-        samples = [make_sample(store.scene(s), v, f and config.hflip, patch, backend, device)
-                   for s, v, f in picks]
+        samples = [make_sample(store.scene(s), v, f and config.hflip, transform, backend, device,
+                               config.coverage_mask) for s, v, f in picks]
         shapes = {tuple(s.image.shape) for s in samples}
         if len(shapes) > 1:
             raise FinetuneError(f"views of different sizes in one batch: {sorted(shapes)}; "
@@ -152,6 +164,8 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
         images = torch.stack([s.image for s in samples])
         targets = torch.stack([s.target for s in samples])
         masks = torch.stack([s.mask for s in samples])
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(config, epoch)
         with accelerator.accumulate(model):
             pred = model(images)
             loss = masked_l1(pred.float(), targets, masks)

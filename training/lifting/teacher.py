@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from fit3d_hub import FiT3D, get_transform
 
 
-def teacher_input_size(height: int, width: int, patch: int) -> tuple[int, int]:
-    """The image size fed to the teacher: each side rounded to the nearest patch multiple."""
-    return max(patch, round(height / patch) * patch), max(patch, round(width / patch) * patch)
+def teacher_inputs(teacher: FiT3D, images: list[np.ndarray]) -> torch.Tensor:
+    """The backbone input of a batch of same-size (H, W, 3) uint8 views (one path for all)."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return get_transform(teacher).batch(batch)
 
 
 @torch.inference_mode()
@@ -19,20 +20,20 @@ def compute_teacher_features(teacher: FiT3D, images: list[np.ndarray], *, batch_
                              device: torch.device | str = "cpu") -> torch.Tensor:
     """(V, C, h, w) float16 features at patch resolution, on CPU: the per-scene cache.
 
-    ``images`` are (H, W, 3) float arrays in [0, 1]; the teacher runs its original branch.
+    ``images`` are the views as stored, (H, W, 3) uint8 at file resolution (the authors feed
+    the teacher the untouched image); the teacher runs its original branch.
     """
-    transform = get_transform(teacher)
-    mean = torch.tensor(transform.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(transform.std, device=device).view(1, 3, 1, 1)
     out = []
-    for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(np.stack(images[start:start + batch_size])).to(device)
-        x = chunk.permute(0, 3, 1, 2).float()
-        size = teacher_input_size(x.shape[2], x.shape[3], teacher.patch_size)
-        if size != tuple(x.shape[2:]):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        feats = teacher.forward_features((x - mean) / std).original
-        out.append(feats.to("cpu", torch.float16))
+    start = 0
+    while start < len(images):
+        # A batch holds consecutive views of one size (scenes may mix image sizes).
+        shape = images[start].shape
+        stop = start + 1
+        while stop < min(len(images), start + batch_size) and images[stop].shape == shape:
+            stop += 1
+        x = teacher_inputs(teacher, images[start:stop]).to(device)
+        out.append(teacher.forward_features(x).original.to("cpu", torch.float16))
+        start = stop
     return torch.cat(out)
 
 

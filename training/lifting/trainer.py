@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from training.data.scene import Scene, load_mask, load_rgb
+from training.data.scene import Scene, load_image, load_mask, rgb_at
 from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
 from training.lifting.losses import feature_loss, psnr, rgb_loss
 from training.lifting.rasterize import rasterize_rgb_and_features
@@ -66,11 +66,12 @@ class SceneViews:
     @classmethod
     def load(cls, scene: Scene, teacher: torch.Tensor, downscale: float,
              device: torch.device, images: list[np.ndarray] | None = None) -> SceneViews:
-        """``images`` (already loaded at the downscaled size) are reused if given."""
+        """``images`` (the views as stored, uint8) are reused if given, else read."""
         cams = [f.camera.scaled(downscale) for f in scene.frames]
         size = (cams[0].width, cams[0].height)
-        images = np.stack(images if images is not None else
-                          [load_rgb(f.image_path, size) for f in scene.frames])
+        if images is None:
+            images = [load_image(f.image_path) for f in scene.frames]
+        images = np.stack([rgb_at(im, size) for im in images])
         masks = None
         if any(f.mask_path for f in scene.frames):
             masks = torch.from_numpy(np.stack([
