@@ -69,12 +69,10 @@ REGISTRY: dict[str, BackboneSpec] = {
     for spec in (
         _released("dinov2_small", "vit_small_patch14_dinov2.lvd142m", 14, 384, "apache-2.0",
                   "DINOv2 ViT-S/14"),
-        # The authors released no fine-tuned DINOv2-B; the entry exists so it can be trained.
-        BackboneSpec(
-            name="dinov2_base", base_model="vit_base_patch14_dinov2.lvd142m", patch_size=14,
-            embed_dim=768, license="apache-2.0", finetuned_repo=None, finetuned_file=None,
-            display_name="DINOv2 ViT-B/14", aliases=("dinov2_base_fine",),
-        ),
+        # Released later than the others (hubconf ``dinov2_base_fine``); the paper has no
+        # DINOv2-B figures.
+        _released("dinov2_base", "vit_base_patch14_dinov2.lvd142m", 14, 768, "apache-2.0",
+                  "DINOv2 ViT-B/14"),
         _released("dinov2_reg_small", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 384,
                   "apache-2.0", "DINOv2-reg ViT-S/14"),
         _released("clip_base", "vit_base_patch16_clip_384.laion2b_ft_in12k_in1k", 16, 768,

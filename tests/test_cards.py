@@ -33,6 +33,17 @@ def test_released_backbone_card_carries_paper_figures_as_the_papers():
     assert 'load_fit3d("someone/fit3d-dinov2-small")' in card.text
 
 
+def test_dinov2_base_card_is_the_authors_release_without_paper_figures():
+    card = ModelCard(render_card(registry_config(get_spec("dinov2_base")),
+                                 repo_id="someone/fit3d-dinov2-base"))
+    assert card.data.license == "apache-2.0"
+    assert card.data.base_model == "timm/vit_base_patch14_dinov2.lvd142m"
+    assert card.data.datasets == ["scannetpp"]
+    assert not card.data.eval_results  # the paper reports no DINOv2-B figures
+    assert "yuanwenyue/FiT3D:dinov2_base_finetuned.pth" in card.text
+    assert "Results reported in the paper" not in card.text
+
+
 def test_mae_card_has_its_license():
     data = ModelCard(render_card(registry_config(get_spec("mae_base")))).data
     assert data.license == "cc-by-nc-4.0"

@@ -36,7 +36,19 @@ def test_list(capsys):
     assert lines[0].split()[:2] == ["name", "base"]
     assert any(line.startswith("mae_base ") and "cc-by-nc-4.0" in line for line in lines)
     code, out, _ = run(capsys, "list", "--pretrained")
-    assert "dinov2_base " not in out and "dinov2_small " in out
+    listed = {line.split()[0] for line in out.splitlines()[1:]}
+    assert listed == {"dinov2_small", "dinov2_base", "dinov2_reg_small", "clip_base",
+                      "mae_base", "deit3_base"}
+    assert any(line.startswith("dinov2_base ") and "yuanwenyue/FiT3D:dinov2_base_finetuned.pth"
+               in line for line in out.splitlines())
+
+
+def test_download_dinov2_base_names_the_authors_file(capsys, tmp_path):
+    code, _, err = run(capsys, "download", "dinov2_base", "--cache-dir", str(tmp_path))
+    assert code == 1 and err.count("\n") == 1
+    assert "timm/vit_base_patch14_dinov2.lvd142m:model.safetensors" in err
+    assert "yuanwenyue/FiT3D:dinov2_base_finetuned.pth" in err
+    assert "fit3d-hub download dinov2_base" in err
 
 
 def test_download_offline_is_one_line_listing_files(capsys, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -18,6 +19,7 @@ from fit3d_hub import (
     UnsafeCheckpointError,
     load_fit3d,
 )
+from fit3d_hub.registry import REGISTRY
 from fit3d_hub.weights import save_state_dict
 
 X = torch.randn(2, 3, 28, 42)
@@ -83,9 +85,12 @@ def test_single_branch_modes_fetch_only_their_file(tiny_spec, tiny_pair, tmp_pat
     assert err.value.missing == ["test-authors/FiT3D:tiny_dinov2_finetuned.pth"]
 
 
-def test_no_released_weights_is_a_clear_error():
-    with pytest.raises(HubFileNotFoundError, match="dinov2_base: no fine-tuned weights"):
-        load_fit3d("dinov2_base")
+def test_no_released_weights_is_a_clear_error(tiny_spec, monkeypatch):
+    unreleased = dataclasses.replace(tiny_spec, name="tiny_unreleased", finetuned_file=None)
+    monkeypatch.setitem(REGISTRY, unreleased.name, unreleased)
+    assert "tiny_unreleased" not in fit3d_hub.list_models(pretrained=True)
+    with pytest.raises(HubFileNotFoundError, match="tiny_unreleased: no fine-tuned weights"):
+        load_fit3d("tiny_unreleased")
 
 
 def test_pretrained_false_builds_without_files(tiny_spec):
@@ -181,7 +186,8 @@ def test_device_and_dtype_arguments(hub_cache):
 def test_public_api_surface():
     assert set(fit3d_hub.list_models()) == {"dinov2_small", "dinov2_base", "dinov2_reg_small",
                                             "clip_base", "mae_base", "deit3_base"}
-    assert "dinov2_base" not in fit3d_hub.list_models(pretrained=True)
+    # every backbone of the authors' hubconf has released weights, DINOv2-B included
+    assert fit3d_hub.list_models(pretrained=True) == fit3d_hub.list_models()
 
 
 @pytest.mark.slow
