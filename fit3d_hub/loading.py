@@ -158,6 +158,10 @@ def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = No
 
     def backbone(path: Path | None, from_timm: bool) -> torch.nn.Module:
         vit = create_vit(config.architecture, config.model_args, config.pretrained_cfg or None)
+        # timm's data config of either branch names the statistics the weights expect.
+        for key in ("mean", "std"):
+            if config.fit3d.get(key):
+                vit.pretrained_cfg = {**vit.pretrained_cfg, key: tuple(config.fit3d[key])}
         if path is not None:
             state = read_state_dict(path)
             if from_timm:

@@ -129,6 +129,14 @@ class FiT3D(nn.Module):
         self._pad = value
 
     @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the backbones expect: the ``fit3d`` record's, else timm's config."""
+        ref = self.finetuned if self.finetuned is not None else self.original
+        mean = self.fit3d_config.get("mean") or ref.pretrained_cfg.get("mean")
+        std = self.fit3d_config.get("std") or ref.pretrained_cfg.get("std")
+        return tuple(mean), tuple(std)
+
+    @property
     def out_channels(self) -> int:
         return self.embed_dim * (2 if self._mode == "concat" else 1)
 

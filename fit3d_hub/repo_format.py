@@ -105,6 +105,7 @@ def timm_config(vit: Any) -> dict[str, Any]:
 def build_config(model: FiT3D) -> dict[str, Any]:
     """config.json for ``model``: timm's config of the fine-tuned backbone plus ``fit3d``."""
     config = timm_config(model.finetuned)
+    stats = model.normalization
     fit3d = {
         "format_version": FORMAT_VERSION,
         "name": None,
@@ -115,11 +116,16 @@ def build_config(model: FiT3D) -> dict[str, Any]:
         "fusion": "concat",
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
-        "mean": list(model.finetuned.pretrained_cfg.get("mean", ())),
-        "std": list(model.finetuned.pretrained_cfg.get("std", ())),
+        "mean": list(stats[0]),
+        "std": list(stats[1]),
         "training": {},
     }
     fit3d.update({k: v for k, v in model.fit3d_config.items() if k in fit3d})
+    # Plain timm (``resolve_model_data_config`` on "local-dir:" / "hf-hub:") must see the
+    # statistics the weights were trained with: ImageNet for every backbone, CLIP included,
+    # where timm's own pretrained_cfg would say CLIP's.
+    config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), "mean": list(stats[0]),
+                                "std": list(stats[1])}
     config["fit3d"] = fit3d
     return config
 

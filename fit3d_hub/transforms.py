@@ -142,10 +142,7 @@ def get_transform(name_or_model, size: int | tuple[int, int] | None = None) -> F
     from fit3d_hub.model import FiT3D
 
     if isinstance(name_or_model, FiT3D):
-        meta = name_or_model.fit3d_config
-        ref = name_or_model.finetuned or name_or_model.original
-        mean = meta.get("mean") or ref.pretrained_cfg.get("mean")
-        std = meta.get("std") or ref.pretrained_cfg.get("std")
+        mean, std = name_or_model.normalization
         patch = name_or_model.patch_size
     else:
         from fit3d_hub.loading import resolve

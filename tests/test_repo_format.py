@@ -9,9 +9,13 @@ import pytest
 import timm
 import torch
 from helpers import by_hand, put_in_cache
+from huggingface_hub import constants as hf_constants
 
 import fit3d_hub.weights as weights
 from fit3d_hub import FiT3D, NotCachedError, RepoFormatError, load_fit3d
+from fit3d_hub.backbone import create_vit
+from fit3d_hub.loading import registry_config
+from fit3d_hub.registry import IMAGENET_MEAN, IMAGENET_STD, REGISTRY
 from fit3d_hub.repo_format import read_config, validate_repo
 
 X = torch.randn(1, 3, 28, 28)
@@ -140,3 +144,33 @@ def test_validate_repo_catches_missing_and_corrupt_weights(tiny_pair, tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(RepoFormatError, match=re.escape("model.safetensors: missing")):
         validate_repo(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_plain_timm_sees_the_statistics_the_weights_were_trained_with(name, tmp_path,
+                                                                      monkeypatch):
+    """Every backbone (CLIP included, whose timm config says CLIP's statistics) is fine-tuned
+    on ImageNet-normalised images; a saved or pushed repo says so to timm's data config."""
+    spec = REGISTRY[name]
+    small = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+    pair = [create_vit(spec.base_model, small) for _ in range(2)]
+    model = FiT3D(*pair)
+    model.fit3d_config = dict(registry_config(spec).fit3d)
+    model.save_pretrained(tmp_path / "repo", include_base=True)
+    expected = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    local = timm.create_model(f"local-dir:{tmp_path / 'repo'}")
+    got = timm.data.resolve_model_data_config(local)
+    assert {k: tuple(got[k]) for k in expected} == expected
+    # the same config.json as a hub repo (what `fit3d-hub push` uploads), read by timm
+    cache = tmp_path / "cache"
+    put_in_cache(cache, "someone/fit3d-x", {n: tmp_path / "repo" / n for n in
+                                            ("config.json", "model.safetensors")})
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    hub = timm.create_model("hf-hub:someone/fit3d-x")
+    got = timm.data.resolve_model_data_config(hub)
+    assert {k: tuple(got[k]) for k in expected} == expected
+    # and load_fit3d's branches carry them in timm's pretrained_cfg too
+    loaded = load_fit3d(tmp_path / "repo")
+    for vit in (loaded.original, loaded.finetuned):
+        got = timm.data.resolve_model_data_config(vit)
+        assert {k: tuple(got[k]) for k in expected} == expected
