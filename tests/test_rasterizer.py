@@ -179,3 +179,41 @@ def test_gsplat_matches_torch_backend():
         for a, b in zip(inputs, ref_inputs, strict=True):
             cos = torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), 0)
             assert cos > 0.99
+
+
+def test_equal_depth_gaussians_composite_in_index_order():
+    """Densification duplicates Gaussians at equal depth; gsplat's stable radix sort keeps
+    them in index order, and so must the PyTorch backend."""
+    dtype = torch.float64
+    n = 24
+    g = torch.Generator().manual_seed(0)
+    means = torch.zeros(n, 3, dtype=dtype)
+    means[:, :2] = (torch.rand(n, 2, generator=g, dtype=dtype) - 0.5) * 0.04  # overlapping
+    means[:, 2] = 3.0  # all at the same depth
+    quats = torch.tensor([[1.0, 0, 0, 0]], dtype=dtype).repeat(n, 1)
+    scales = torch.full((n, 3), 0.2, dtype=dtype)
+    opac = torch.rand(n, generator=g, dtype=dtype) * 0.1 + 0.05  # T stays above the stop
+    colors = torch.eye(n, dtype=dtype)  # one channel per Gaussian: its blending weight
+    viewmats = torch.eye(4, dtype=dtype)[None]
+    Ks = torch.tensor([[[40.0, 0, 8.0], [0, 40.0, 8.0], [0, 0, 1]]], dtype=dtype)
+
+    def expected(order):
+        proj = project(means, quats, scales, viewmats, Ks, 16, 16)
+        d = torch.tensor([8.5, 8.5], dtype=dtype) - proj["means2d"][0]
+        a, b, c = proj["conics"][0].unbind(-1)
+        alpha = opac * torch.exp(-(0.5 * (a * d[:, 0] ** 2 + c * d[:, 1] ** 2)
+                                   + b * d[:, 0] * d[:, 1]))
+        weights, t = torch.zeros(n, dtype=dtype), 1.0
+        for i in order:  # front to back in the given order
+            weights[i] = alpha[i] * t
+            t = t * (1 - alpha[i])
+        return weights
+
+    render, _, _ = rasterize_torch(means, quats, scales, opac, colors, viewmats, Ks, 16, 16)
+    torch.testing.assert_close(render[0, 8, 8], expected(range(n)))
+    # the same Gaussians listed in another order composite in that order
+    perm = torch.randperm(n, generator=g)
+    again, _, _ = rasterize_torch(means[perm], quats, scales, opac[perm], colors[perm],
+                                  viewmats, Ks, 16, 16)
+    torch.testing.assert_close(again[0, 8, 8], expected(perm.tolist()))
+    assert not torch.allclose(again[0, 8, 8], render[0, 8, 8])

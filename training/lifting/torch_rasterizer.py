@@ -99,9 +99,11 @@ def _pairs(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, wid
     py = y0[owner] + local // nx[owner]
     pcam, pgid = cam[owner], gid[owner]
     pixel = (pcam * height + py) * width + px
-    # Rank by depth within each camera, then sort pairs by (pixel, depth rank).
+    # Rank by depth within each camera, then sort pairs by (pixel, depth rank). The sort is
+    # stable, so equal depths (Gaussians duplicated by densification) composite in index
+    # order, as gsplat's stable radix sort of its index-ordered intersections does.
     n = depths.shape[1]
-    order = torch.argsort(depths.detach(), dim=1)
+    order = torch.argsort(depths.detach(), dim=1, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(n, device=order.device).expand_as(order))
     key = pixel * n + rank[pcam, pgid]
