@@ -16,11 +16,12 @@ import torch
 
 from eval.consistency import Correspondences, consistency, correspondences
 from fit3d_hub import load_fit3d
-from training.data.scene import load_depth, load_scene
+from training.data.scene import load_depth, load_scene, scene_paths, training_views
 from training.demo import DemoSettings, demo_backbone, held_out_pairs, measure_consistency
 from training.finetuning.data import LiftedDataError, check_memory, pair_scenes
 from training.finetuning.trainer import epoch_order
 from training.lift import main as lift_main
+from training.lifting.gaussians import SHORT_RUN_RATES
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = DemoSettings(views=16, size=48, lift_iterations=200, epochs=10, lr=1e-3)
@@ -37,7 +38,9 @@ def lifted(tmp_path_factory):
     code = lift_main(["--scenes", str(root / "scenes"), "--backbone", str(root / "backbone"),
                       "--output", str(root / "lifted"), "--iterations",
                       str(SETTINGS.lift_iterations), "--holdout-every", "4",
-                      "--max-points", "2000", "--backend", "torch"])
+                      "--max-points", "2000", "--backend", "torch",
+                      "--feature-lr", str(SHORT_RUN_RATES.features),
+                      "--decoder-lr", str(SHORT_RUN_RATES.decoder)])
     assert code == 0
     return root
 
@@ -85,10 +88,29 @@ def test_exported_repo_records_provenance(finetuned):
 
 
 def test_epoch_order_covers_training_views_once_and_is_seeded():
-    order = epoch_order([5, 3], epoch=0, seed=1, holdout_every=4)
+    views = [training_views(["train"] * 5, 4), training_views(["train"] * 3, 4)]
+    order = epoch_order(views, epoch=0, seed=1)
     assert sorted((s, v) for s, v, _ in order) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
-    assert order == epoch_order([5, 3], epoch=0, seed=1, holdout_every=4)
-    assert order != epoch_order([5, 3], epoch=1, seed=1, holdout_every=4)
+    assert order == epoch_order(views, epoch=0, seed=1)
+    assert order != epoch_order(views, epoch=1, seed=1)
+
+
+def test_held_out_view_rule():
+    splits = ["test", "train", "train", "train", "test", "train"]
+    assert training_views(splits) == [0, 1, 2, 3, 4, 5]  # the authors train on test frames
+    assert training_views(splits, hold_out_test=True) == [1, 2, 3, 5]
+    assert training_views(splits, holdout_every=3) == [1, 2, 4, 5]
+    assert training_views(splits, 3, hold_out_test=True) == [1, 2, 5]
+    assert training_views(["test", "test"], hold_out_test=True) == [0, 1]  # never empty
+
+
+def test_stage2_trains_on_the_views_stage1_recorded(lifted):
+    from training.finetuning.data import LiftedStore, pair_scenes
+
+    store = LiftedStore(pair_scenes(lifted / "lifted", scene_paths(lifted / "scenes")),
+                        lazy=True)
+    assert store.metas[0]["training_views"] == [i for i in range(16) if i % 4]
+    assert store.training_views(holdout_every=0) == [store.metas[0]["training_views"]]
 
 
 def _run(args: list[str]) -> subprocess.Popen:

@@ -10,7 +10,7 @@ from fit3d_hub import FiT3D
 from fit3d_hub.backbone import create_vit
 from training.data.scene import load_image, load_scene
 from training.data.synthetic import generate
-from training.lifting.gaussians import GEOMETRY, FeatureGaussians
+from training.lifting.gaussians import GEOMETRY, SHORT_RUN_RATES, FeatureGaussians
 from training.lifting.io import is_finished, load_lifted, save_lifted
 from training.lifting.losses import ssim
 from training.lifting.strategy import OpacityResetStrategy, reset_is_due
@@ -54,7 +54,8 @@ def views(scene, teacher):
 
 @pytest.fixture(scope="module")
 def lifted(scene, views):
-    config = LiftConfig(iterations=200, max_points=1500, holdout_every=4, refine_start_iter=50,
+    config = LiftConfig(iterations=200, max_points=1500, holdout_every=4, lr=SHORT_RUN_RATES,
+                        refine_start_iter=50,
                         refine_every=25, refine_stop_iter=150, reset_every=100,
                         sh_degree_interval=50)
     initial = FeatureGaussians.initialise(scene, feature_dim=64, teacher_dim=32, sh_degree=3,
@@ -67,9 +68,12 @@ def lifted(scene, views):
 def test_feature_loss_puts_exactly_zero_gradient_on_geometry(scene, views):
     g = FeatureGaussians.initialise(scene, feature_dim=16, teacher_dim=32, sh_degree=1,
                                     max_points=500)
+    assert torch.count_nonzero(g.splats["features"]) == 0  # the authors' zero init
     with torch.no_grad():  # anisotropic, rotated Gaussians: every geometry input matters
         g.splats["quats"].add_(0.3 * torch.randn_like(g.splats["quats"]))
         g.splats["scales"].add_(0.3 * torch.randn_like(g.splats["scales"]))
+        # as after some training: non-zero features, so the decoder gets a gradient too
+        g.splats["features"].normal_()
     out = render_views(g, views, 0, "torch", sh_degree=1)
     l_rgb, l_feat = step_losses(out, views, 0, LiftConfig())
     l_feat.backward(retain_graph=True)

@@ -114,8 +114,13 @@ def test_malformed_json(tmp_path):
 
 
 def test_folder_without_a_scene(tmp_path):
-    with pytest.raises(SceneError, match="no transforms.json and no COLMAP model"):
+    with pytest.raises(SceneError) as err:
         load_scene(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path}: not a scene folder")
+    for expected in ("transforms.json", "transform_matrix", "transforms_train.json", "images/",
+                     "test_frames", "sparse/0"):
+        assert expected in message
 
 
 def _rotmat_to_qvec(rot):
@@ -239,3 +244,43 @@ def test_mask_and_depth_files_must_exist(synthetic, tmp_path):
     meta["frames"][0]["mask_path"] = "mask.png"
     _write(scene_dir, meta)
     assert load_scene(scene_dir).frames[0].mask_path.name == "mask.png"
+
+
+def test_scannetpp_layout_of_the_authors(tmp_path):
+    """A tiny scene in exactly the layout the FiT3D authors' preprocessing writes: JPEG
+    images/, masks/<stem>.png, transforms_train.json (frames + test_frames, poses in
+    nerfstudio's permuted world) and points3D.txt in COLMAP's world."""
+    spp = generate(tmp_path / "spp", scenes=1, views=6, size=40, seed=3, layout="scannetpp")[0]
+    ref = generate(tmp_path / "ref", scenes=1, views=6, size=40, seed=3)[0]
+    assert sorted(p.name for p in spp.iterdir()) == ["depth", "images", "masks", "points3D.txt",
+                                                     "transforms_train.json"]
+    meta = json.loads((spp / "transforms_train.json").read_text())
+    assert meta["frames"][0]["file_path"] == "frame_0001.JPG"  # bare names, under images/
+    scene, truth = load_scene(spp), load_scene(ref)
+    assert scene.meta["format"] == "scannetpp"
+    by_name = {f.name: f for f in scene.frames}
+    assert [f.name for f in scene.frames if f.split == "test"] == ["frame_0000", "frame_0004"]
+    assert len(scene.frames) == 6 and set(by_name) == {f.name for f in truth.frames}
+    for frame in truth.frames:
+        mine = by_name[frame.name]
+        assert mine.image_path == spp / "images" / f"{frame.name}.JPG"
+        assert mine.mask_path == spp / "masks" / f"{frame.name}.png"
+        assert mine.depth_path == spp / "depth" / f"{frame.name}.png"
+        # points3D.txt (COLMAP world) lands where the permuted-world poses look
+        uv, z = mine.camera.project(scene.points)
+        uv_ref, z_ref = frame.camera.project(truth.points)
+        np.testing.assert_allclose(uv, uv_ref, atol=1e-3)
+        np.testing.assert_allclose(z, z_ref, atol=1e-5)
+    mask = np.asarray(Image.open(by_name["frame_0001"].mask_path))
+    assert (mask == 0).any() and (mask == 255).any()
+
+
+def test_scannetpp_layout_errors_name_file_and_field(tmp_path):
+    spp = generate(tmp_path, scenes=1, views=4, size=40, seed=3, layout="scannetpp")[0]
+    (spp / "images" / "frame_0002.JPG").unlink()
+    with pytest.raises(SceneError, match=r"transforms_train.json: frames\[1\]: field "
+                                         r"'file_path' names .*frame_0002.JPG"):
+        load_scene(spp)
+    shutil.rmtree(spp / "images")
+    with pytest.raises(SceneError, match="ScanNet\\+\\+ layout keeps its images in"):
+        load_scene(spp)

@@ -23,6 +23,7 @@ from fit3d_hub.backbone import create_vit
 from fit3d_hub.pca import pca_rgb, side_by_side
 from training.data.scene import load_depth, load_rgb, load_scene
 from training.data.synthetic import generate
+from training.lifting.gaussians import SHORT_RUN_RATES
 
 DEMO_BACKBONE = ("vit_small_patch8_224", {"embed_dim": 48, "depth": 2, "num_heads": 3,
                                           "img_size": 64})
@@ -137,6 +138,8 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None,
     code = lift.main(["--scenes", str(output / "scenes"), "--backbone", backbone,
                       "--output", str(output / "lifted"), "--iterations", str(s.lift_iterations),
                       "--holdout-every", str(s.holdout_every), "--max-points", "2000",
+                      "--feature-lr", str(SHORT_RUN_RATES.features),
+                      "--decoder-lr", str(SHORT_RUN_RATES.decoder),
                       "--seed", str(s.seed), "--backend", "torch"])
     times["lift"] = time.perf_counter() - t
     if code != 0:

@@ -23,10 +23,17 @@ from tqdm.auto import tqdm
 
 from fit3d_hub import FiT3DError, load_fit3d
 from training.data.scene import SceneError, load_image, load_scene, scene_paths
+from training.lifting.gaussians import LearningRates
 from training.lifting.io import is_finished, output_path, save_lifted
 from training.lifting.rasterize import BACKENDS, resolve_backend
 from training.lifting.teacher import compute_teacher_features
-from training.lifting.trainer import LiftConfig, LiftError, SceneViews, lift_scene
+from training.lifting.trainer import (
+    LiftConfig,
+    LiftError,
+    SceneViews,
+    lift_scene,
+    scene_training_views,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downscale", type=float, default=1.0,
                    help="divide image sizes by this factor (e.g. 2 for ScanNet++ as in the paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-points", type=int, default=100_000,
-                   help="at most this many initial Gaussians from the scene's points")
+    p.add_argument("--max-points", type=int, default=None,
+                   help="at most this many initial Gaussians from the scene's points "
+                   "(default: all of them, as the authors)")
+    p.add_argument("--feature-lr", type=float, default=LearningRates.features,
+                   help="Adam lr of the per-Gaussian features (default: the authors' 6.25e-5)")
+    p.add_argument("--decoder-lr", type=float, default=LearningRates.decoder,
+                   help="Adam lr of the scene decoder (default: the authors' 6.25e-5)")
     p.add_argument("--holdout-every", type=int, default=0,
                    help="hold out every k-th view from training (0: use all)")
+    p.add_argument("--hold-out-test-frames", action="store_true",
+                   help="keep ScanNet++'s test_frames out of training (the authors train on "
+                   "them; Stage 2 follows what Stage 1 recorded)")
     p.add_argument("--sh-degree", type=int, default=3)
     p.add_argument("--cache-dir", help="Hugging Face cache for the backbone's weights")
     return p
@@ -70,15 +85,20 @@ def _config(args: argparse.Namespace) -> LiftConfig:
     return LiftConfig(
         iterations=args.iterations, feature_dim=args.feature_dim, sh_degree=args.sh_degree,
         downscale=args.downscale, max_points=args.max_points, seed=args.seed,
-        holdout_every=args.holdout_every, **schedule_for(args.iterations),
+        lr=LearningRates(features=args.feature_lr, decoder=args.decoder_lr),
+        holdout_every=args.holdout_every, hold_out_test_frames=args.hold_out_test_frames,
+        **schedule_for(args.iterations),
     )
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name, value in (("--iterations", args.iterations), ("--feature-dim", args.feature_dim),
                         ("--max-points", args.max_points)):
-        if value < 1:
+        if value is not None and value < 1:
             parser.error(f"{name} must be a positive integer; got {value}")
+    for name, value in (("--feature-lr", args.feature_lr), ("--decoder-lr", args.decoder_lr)):
+        if not value > 0:
+            parser.error(f"{name} must be a positive number; got {value}")
     if not args.downscale >= 1.0:
         parser.error(f"--downscale must be >= 1; got {args.downscale}")
     if not 0 <= args.sh_degree <= 3:
@@ -112,6 +132,7 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
         "camera_convention": "opencv world-to-camera (gsplat viewmats)",
         "image_size": [views.width, views.height], "downscale": config.downscale,
         "sh_degree": config.sh_degree, "views": len(scene.frames),
+        "training_views": scene_training_views(scene, config),
         "metrics": result.metrics, "config": config.to_json(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }

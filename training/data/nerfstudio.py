@@ -1,8 +1,9 @@
-"""nerfstudio ``transforms.json`` as ScanNet++ DSLR ships it after undistortion."""
+"""nerfstudio ``transforms.json``: shared or per-frame pinhole intrinsics, OpenGL poses."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from training.data.scene import Frame, Scene, SceneError
 
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
+SPLITS = {"frames": "train", "test_frames": "test"}
+
+FileResolver = Callable[[dict, str], dict[str, Any]]
+"""(frame entry, where) -> Frame keyword arguments for its files (image_path, mask_path, ...)."""
 
 
 def _number(obj: dict, key: str, where: str, fallback: dict | None = None) -> float:
@@ -49,39 +54,52 @@ def _check_undistorted(obj: dict, where: str) -> None:
                          "(as ScanNet++'s toolkit does)")
 
 
-def read_nerfstudio_scene(path: Path) -> Scene:
-    """Parse ``transforms.json``; errors name the file and the field (and the frame)."""
-    path = Path(path)
-    root = path.parent
-    meta: dict[str, Any] = read_json_object(path, error=SceneError)
-    frames_raw = meta.get("frames")
-    if not isinstance(frames_raw, list):
+def parse_frames(meta: dict, path: Path, resolve: FileResolver) -> list[Frame]:
+    """The ``frames`` (split "train") and optional ``test_frames`` (split "test") of a parsed
+    transforms file; ``resolve`` maps each entry to its files."""
+    if not isinstance(meta.get("frames"), list):
         raise SceneError(f"{path}: field 'frames' must be a list")
     _check_undistorted(meta, str(path))
     frames = []
-    for i, fr in enumerate(frames_raw):
-        where = f"{path}: frames[{i}]"
-        if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
-            raise SceneError(f"{where}: field 'file_path' must be a string")
-        _check_undistorted(fr, where)
-        fx, fy, cx, cy, w, h = (_number(fr, k, where, meta) for k in INTRINSICS)
-        if fx <= 0 or fy <= 0 or w < 1 or h < 1 or w != int(w) or h != int(h):
-            raise SceneError(f"{where}: intrinsics must have positive focal lengths and whole "
-                             f"positive w, h; got fl_x={fx}, fl_y={fy}, w={w}, h={h}")
-        w2c = opengl_c2w_to_opencv_w2c(_pose(fr, where))
-        camera = Camera(fx, fy, cx, cy, int(w), int(h), w2c)
-        image = root / fr["file_path"]
+    for key, split in SPLITS.items():
+        entries = meta.get(key, [])
+        if not isinstance(entries, list):
+            raise SceneError(f"{path}: field {key!r} must be a list")
+        for i, fr in enumerate(entries):
+            where = f"{path}: {key}[{i}]"
+            if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
+                raise SceneError(f"{where}: field 'file_path' must be a string")
+            _check_undistorted(fr, where)
+            fx, fy, cx, cy, w, h = (_number(fr, k, where, meta) for k in INTRINSICS)
+            if fx <= 0 or fy <= 0 or w < 1 or h < 1 or w != int(w) or h != int(h):
+                raise SceneError(f"{where}: intrinsics must have positive focal lengths and "
+                                 f"whole positive w, h; got fl_x={fx}, fl_y={fy}, w={w}, h={h}")
+            w2c = opengl_c2w_to_opencv_w2c(_pose(fr, where))
+            camera = Camera(fx, fy, cx, cy, int(w), int(h), w2c)
+            frames.append(Frame(
+                name=Path(fr["file_path"]).stem, camera=camera, split=split,
+                depth_scale=float(fr.get("depth_scale", meta.get("depth_scale", 1000.0))),
+                **resolve(fr, where)))
+    return frames
 
-        def optional(key: str, fr=fr) -> Path | None:
+
+def read_nerfstudio_scene(path: Path) -> Scene:
+    """Parse ``transforms.json`` (paths relative to its folder); errors name the file and
+    the field (and the frame)."""
+    path = Path(path)
+    root = path.parent
+    meta: dict[str, Any] = read_json_object(path, error=SceneError)
+
+    def resolve(fr: dict, where: str) -> dict[str, Any]:
+        def optional(key: str) -> Path | None:
             value = fr.get(key)
             return root / value if isinstance(value, str) else None
 
-        frames.append(Frame(
-            name=Path(fr["file_path"]).stem, image_path=image, camera=camera,
-            mask_path=optional("mask_path"), depth_path=optional("depth_file_path"),
-            label_path=optional("label_file_path"),
-            depth_scale=float(fr.get("depth_scale", meta.get("depth_scale", 1000.0))),
-        ))
+        return {"image_path": root / fr["file_path"], "mask_path": optional("mask_path"),
+                "depth_path": optional("depth_file_path"),
+                "label_path": optional("label_file_path")}
+
+    frames = parse_frames(meta, path, resolve)
     points = colors = None
     for name in ("points3D.txt", "points3D.ply", "sparse_pc.ply"):
         if (root / name).is_file():

@@ -25,6 +25,8 @@ class Frame:
     label_path: Path | None = None
     depth_scale: float = 1000.0
     """Depth PNG units per metre (ScanNet++ and the synthetic scenes store millimetres)."""
+    split: str = "train"
+    """"train" for ``frames``, "test" for ScanNet++'s ``test_frames``."""
 
 
 @dataclass
@@ -50,6 +52,20 @@ class Scene:
                 if path is not None and not path.is_file():
                     raise SceneError(f"{path}: {label} file of frame {frame.name!r} is missing")
         return self
+
+
+def training_views(splits: list[str], holdout_every: int = 0,
+                   hold_out_test: bool = False) -> list[int]:
+    """The held-out view rule: indices of the views a stage may train on.
+
+    By default every view trains, ScanNet++'s ``test_frames`` included (the authors' Stage 1
+    and Stage 2 both see them); ``hold_out_test`` keeps test frames out, and
+    ``holdout_every=k`` every k-th view. Should nothing remain, all views train.
+    """
+    keep = [i for i, split in enumerate(splits)
+            if not (hold_out_test and split == "test")
+            and not (holdout_every > 0 and i % holdout_every == 0)]
+    return keep or list(range(len(splits)))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -103,21 +119,32 @@ def load_depth(path: Path, scale: float, size: tuple[int, int] | None = None) ->
         return np.asarray(img, dtype=np.float32) / scale
 
 
+SCENE_LAYOUTS = ("transforms.json (nerfstudio: frames[].file_path, transform_matrix, fl_x, "
+                 "fl_y, cx, cy, w, h), transforms_train.json with images/ (ScanNet++ as the "
+                 "FiT3D authors lay it out: frames, test_frames), or a COLMAP model "
+                 "(sparse/0/cameras and images, .txt or .bin)")
+
+
 def load_scene(path: str | Path) -> Scene:
-    """Read a scene folder: ``transforms.json`` (nerfstudio) or a COLMAP model."""
+    """Read a scene folder in any of the layouts above (nerfstudio, ScanNet++, COLMAP)."""
     from training.data.colmap import find_colmap_model, read_colmap_scene
     from training.data.nerfstudio import read_nerfstudio_scene
+    from training.data.scannetpp import TRANSFORMS_NAME, read_scannetpp_scene
 
     root = Path(path)
     if not root.is_dir():
         raise SceneError(f"{root}: scene folder does not exist")
-    for name in ("transforms.json", "transforms_train.json"):
-        if (root / name).is_file():
-            return read_nerfstudio_scene(root / name).check()
+    if (root / "transforms.json").is_file():
+        return read_nerfstudio_scene(root / "transforms.json").check()
+    if (root / TRANSFORMS_NAME).is_file():
+        if not (root / "images").is_dir():
+            raise SceneError(f"{root / TRANSFORMS_NAME}: the ScanNet++ layout keeps its images "
+                             f"in {root / 'images'}, which does not exist")
+        return read_scannetpp_scene(root).check()
     model = find_colmap_model(root)
     if model is not None:
         return read_colmap_scene(root, model).check()
-    raise SceneError(f"{root}: no transforms.json and no COLMAP model (sparse/0, sparse) found")
+    raise SceneError(f"{root}: not a scene folder; expected {SCENE_LAYOUTS}")
 
 
 def scene_paths(spec: str | Path) -> list[Path]:

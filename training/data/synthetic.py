@@ -1,12 +1,16 @@
 """Synthetic multi-view scenes: textured objects in a textured room, rendered by ray casting.
 
 Each scene is written in the nerfstudio scene format (``transforms.json``, images, 16-bit
-depth PNGs in millimetres, per-pixel label PNGs, ``points3D.txt``) so it exercises the same
-readers as ScanNet++. Rendering is an analytic ray caster (planes, spheres, boxes; Lambertian
+depth PNGs in millimetres, per-pixel label PNGs, ``points3D.txt``), or with ``--layout
+scannetpp`` as the FiT3D authors lay out ScanNet++ (``transforms_train.json`` with ``frames``
+and ``test_frames`` in nerfstudio's permuted world, JPEG ``images/``, anonymisation
+``masks/``, COLMAP-world ``points3D.txt``, plus ``depth/``), so both readers are exercised.
+Rendering is an analytic ray caster (planes, spheres, boxes; Lambertian
 shading), independent of the Gaussian rasterizer it is used to test; output is a pure
 function of the seed.
 
-    python -m training.data.synthetic --output DIR --scenes K --views N --size S --seed X
+    python -m training.data.synthetic --output DIR --scenes K --views N --size S --seed X \
+        [--layout nerfstudio|scannetpp]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from training.data.cameras import Camera, opencv_w2c_to_opengl_c2w
+from training.data.scannetpp import COLMAP_TO_NERFSTUDIO
 
 ROOM_HALF = 3.0  # the room spans [-3, 3] x [-3, 3] x [0, HEIGHT] (z up)
 ROOM_HEIGHT = 2.6
@@ -171,43 +176,74 @@ def cast(camera: Camera, shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray, n
     return rgb.reshape(h, w, 3), depth.reshape(h, w), label.reshape(h, w)
 
 
+LAYOUTS = ("nerfstudio", "scannetpp")
+
+
+def anonymised(height: int, width: int, index: int) -> np.ndarray:
+    """A ScanNet++-style anonymisation mask (255 = keep): a blurred "face" box per view."""
+    mask = np.full((height, width), 255, np.uint8)
+    top, left = (index * 7) % max(1, height // 2), (index * 11) % max(1, width // 2)
+    mask[top:top + max(2, height // 6), left:left + max(2, width // 6)] = 0
+    return mask
+
+
 def write_scene(out: Path, seed: int, views: int, size: int, objects: int = 4,
-                points: int = 4000) -> Path:
-    """Render one scene into ``out`` (written in a temporary folder, then renamed)."""
+                points: int = 4000, layout: str = "nerfstudio", test_every: int = 4) -> Path:
+    """Render one scene into ``out`` (written in a temporary folder, then renamed).
+
+    ``layout="scannetpp"`` writes the authors' ScanNet++ layout; every ``test_every``-th
+    view goes to ``test_frames``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     rng = np.random.default_rng(seed)
     width, height = size, max(8, round(size * 3 / 4))
     shapes = make_shapes(rng, objects)
     cams = make_cameras(rng, views, width, height)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scannetpp = layout == "scannetpp"
     try:
-        for sub in ("images", "depth", "labels"):
+        for sub in ("images", "depth") + (("masks",) if scannetpp else ("labels",)):
             (tmp / sub).mkdir()
-        frames, cloud, cloud_rgb = [], [], []
+        frames, tests, cloud, cloud_rgb = [], [], [], []
         for i, cam in enumerate(cams):
             rgb, depth, labels = cast(cam, shapes)
             name = f"frame_{i:04d}"
-            Image.fromarray((rgb * 255).round().astype(np.uint8)) \
-                .save(tmp / "images" / f"{name}.png")
+            image = Image.fromarray((rgb * 255).round().astype(np.uint8))
             Image.fromarray(np.clip(depth * 1000, 0, 65535).round().astype(np.uint16)) \
                 .save(tmp / "depth" / f"{name}.png")
-            Image.fromarray(labels).save(tmp / "labels" / f"{name}.png")
-            frames.append({
-                "file_path": f"images/{name}.png", "depth_file_path": f"depth/{name}.png",
-                "label_file_path": f"labels/{name}.png",
-                "transform_matrix": opencv_w2c_to_opengl_c2w(cam.w2c).tolist(),
-            })
+            c2w = opencv_w2c_to_opengl_c2w(cam.w2c)
+            if scannetpp:
+                image.save(tmp / "images" / f"{name}.JPG", quality=95)
+                Image.fromarray(anonymised(height, width, i)).save(tmp / "masks" / f"{name}.png")
+                pose = np.vstack([COLMAP_TO_NERFSTUDIO, [0, 0, 0, 1]]) @ c2w
+                entry = {"file_path": f"{name}.JPG", "transform_matrix": pose.tolist()}
+                (tests if i % test_every == 0 else frames).append(entry)
+            else:
+                image.save(tmp / "images" / f"{name}.png")
+                Image.fromarray(labels).save(tmp / "labels" / f"{name}.png")
+                frames.append({
+                    "file_path": f"images/{name}.png", "depth_file_path": f"depth/{name}.png",
+                    "label_file_path": f"labels/{name}.png",
+                    "transform_matrix": c2w.tolist(),
+                })
             pick = rng.choice(width * height, size=min(width * height, max(1, points // views)),
                               replace=False)
             uv = np.stack([pick % width + 0.5, pick // width + 0.5], -1).astype(np.float64)
             cloud.append(cam.unproject(uv, depth.reshape(-1)[pick]))
             cloud_rgb.append(rgb.reshape(-1, 3)[pick])
-        meta = {"camera_model": "OPENCV", "fl_x": cams[0].fx, "fl_y": cams[0].fy,
-                "cx": cams[0].cx, "cy": cams[0].cy, "w": width, "h": height,
-                "depth_scale": 1000.0, "labels": {**LABELS, **{f"object_{s.label - 4}": s.label
-                                                                for s in shapes}},
-                "generator": {"name": "training.data.synthetic", "seed": seed}, "frames": frames}
-        (tmp / "transforms.json").write_text(json.dumps(meta, indent=1))
+        meta = {"camera_model": "OPENCV" if not scannetpp else "PINHOLE", "fl_x": cams[0].fx,
+                "fl_y": cams[0].fy, "cx": cams[0].cx, "cy": cams[0].cy, "w": width, "h": height,
+                "depth_scale": 1000.0}
+        if scannetpp:
+            meta.update(frames=frames, test_frames=tests)
+        else:
+            meta.update(labels={**LABELS, **{f"object_{s.label - 4}": s.label for s in shapes}},
+                        generator={"name": "training.data.synthetic", "seed": seed},
+                        frames=frames)
+        name = "transforms_train.json" if scannetpp else "transforms.json"
+        (tmp / name).write_text(json.dumps(meta, indent=1))
         xyz = np.concatenate(cloud) + rng.normal(0, 0.01, (sum(len(c) for c in cloud), 3))
         colors = (np.concatenate(cloud_rgb) * 255).round().astype(int)
         lines = ["# 3D point list: POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]"]
@@ -224,10 +260,10 @@ def write_scene(out: Path, seed: int, views: int, size: int, objects: int = 4,
 
 
 def generate(output: str | Path, scenes: int = 1, views: int = 12, size: int = 64,
-             seed: int = 0, points: int = 4000) -> list[Path]:
+             seed: int = 0, points: int = 4000, layout: str = "nerfstudio") -> list[Path]:
     """Write ``scenes`` scenes ``scene_000``, ... into ``output``; scene k uses seed + k."""
-    return [write_scene(Path(output) / f"scene_{k:03d}", seed + k, views, size, points=points)
-            for k in range(scenes)]
+    return [write_scene(Path(output) / f"scene_{k:03d}", seed + k, views, size, points=points,
+                        layout=layout) for k in range(scenes)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,12 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, default=12)
     parser.add_argument("--size", type=int, default=64, help="image width (height is 3/4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", default="nerfstudio", choices=LAYOUTS,
+                        help="nerfstudio transforms.json, or ScanNet++ as the FiT3D authors "
+                        "lay it out")
     args = parser.parse_args(argv)
     for name, value, low in (("--scenes", args.scenes, 1), ("--views", args.views, 2),
                              ("--size", args.size, 8)):
         if value < low:
             parser.error(f"{name} must be at least {low}; got {value}")
-    for path in generate(args.output, args.scenes, args.views, args.size, args.seed):
+    for path in generate(args.output, args.scenes, args.views, args.size, args.seed,
+                         layout=args.layout):
         print(path)
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data.scene import Scene, load_image, load_mask, load_scene
+from training.data.scene import Scene, load_image, load_mask, load_scene, training_views
 from training.lifting.gaussians import FeatureGaussians
 from training.lifting.io import LiftedSceneError, load_lifted, output_path, read_meta
 
@@ -123,7 +123,8 @@ class LiftedStore:
         self.pairs = pairs
         self.lazy = lazy
         self.names = [scene.name for _, scene in pairs]
-        self.views = [read_meta(lifted)["views"] for lifted, _ in pairs]
+        self.metas = [read_meta(lifted) for lifted, _ in pairs]
+        self.views = [meta["views"] for meta in self.metas]
         self._cache: dict[int, LiftedScene] = {}
         if not lazy:
             for i in range(len(pairs)):
@@ -131,6 +132,13 @@ class LiftedStore:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def training_views(self, holdout_every: int = 0) -> list[list[int]]:
+        """Per scene, the views Stage 1 trained on (its record); ``holdout_every`` applies
+        only to lifted files written before the record existed."""
+        return [meta.get("training_views") or training_views(["train"] * meta["views"],
+                                                              holdout_every)
+                for meta in self.metas]
 
     def scene(self, index: int) -> LiftedScene:
         if index not in self._cache:

@@ -18,7 +18,6 @@ from fit3d_hub.model import patch_tokens_nchw
 from fit3d_hub.transforms import FiT3DTransform
 from training.finetuning.data import LiftedStore
 from training.finetuning.targets import make_sample, masked_l1
-from training.lifting.trainer import training_views
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -47,6 +46,7 @@ class FinetuneConfig:
     save_every: int = 1000
     keep_checkpoints: int = 2
     holdout_every: int = 0
+    """Only for lifted files without Stage 1's ``training_views`` record (older ones)."""
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -79,13 +79,14 @@ class TrainState:
         self.step, self.micro = int(state["step"]), int(state["micro"])
 
 
-def epoch_order(views: list[int], epoch: int, seed: int, holdout_every: int
+def epoch_order(train_views: list[list[int]], epoch: int, seed: int
                 ) -> list[tuple[int, int, bool]]:
     """(scene, view, flip) of one epoch: every training view once, in a seeded order.
 
-    Held-out views are Stage 1's (``training_views``), so neither stage sees them.
+    ``train_views`` are Stage 1's per scene (its record), so neither stage sees a held-out
+    view.
     """
-    pairs = [(s, v) for s, n in enumerate(views) for v in training_views(n, holdout_every)]
+    pairs = [(s, v) for s, views in enumerate(train_views) for v in views]
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(pairs))
     flips = rng.random(len(pairs)) < 0.5
@@ -141,8 +142,8 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
             accelerator.step = state.micro
             accelerator.print(f"resumed from {last} (step {state.step})")
     per_micro = config.batch_size * accelerator.num_processes
-    micro_per_epoch = len(epoch_order(store.views, 0, config.seed, config.holdout_every)) \
-        // per_micro
+    train_views = store.training_views(config.holdout_every)
+    micro_per_epoch = len(epoch_order(train_views, 0, config.seed)) // per_micro
     if micro_per_epoch == 0:
         raise FinetuneError(f"fewer training views than one batch ({per_micro}); lower "
                             "--batch-size")
@@ -152,7 +153,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
     start, seen, last_loss = time.perf_counter(), 0, math.nan
     while state.micro < total_micro:
         epoch, index = divmod(state.micro, micro_per_epoch)
-        order = epoch_order(store.views, epoch, config.seed, config.holdout_every)
+        order = epoch_order(train_views, epoch, config.seed)
         first = index * per_micro + accelerator.process_index * config.batch_size
         picks = order[first:first + config.batch_size]
         samples = [make_sample(store.scene(s), v, f and config.hflip, transform, backend, device,

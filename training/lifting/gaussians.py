@@ -18,7 +18,9 @@ APPEARANCE = ("sh0", "shN")
 
 @dataclass
 class LearningRates:
-    """3DGS learning rates (means decay exponentially to ``means_final``; both x scene scale)."""
+    """The authors' learning rates: 3DGS's for the geometry and colour (means decay
+    exponentially to ``means_final``, both x scene scale), and 3DGS's colour rate / 40 for
+    the per-Gaussian features and the decoder; every Adam has eps 1e-15."""
 
     means: float = 1.6e-4
     means_final: float = 1.6e-6
@@ -27,8 +29,14 @@ class LearningRates:
     opacities: float = 5e-2
     sh0: float = 2.5e-3
     shN: float = 2.5e-3 / 20
-    features: float = 2.5e-3
-    decoder: float = 1e-3
+    features: float = 2.5e-3 / 40
+    decoder: float = 2.5e-3 / 40
+
+
+SHORT_RUN_RATES = LearningRates(features=2.5e-3, decoder=1e-3)
+"""Feature and decoder rates for runs of a few hundred iterations (the demo, the tests): the
+authors' rates are tuned for 30,000 and barely move the features in 300
+(``benchmarks/lift_settings.py`` measures both at equal iterations)."""
 
 
 def scene_scale(scene: Scene) -> float:
@@ -77,19 +85,21 @@ class FeatureGaussians(nn.Module):
 
     @classmethod
     def initialise(cls, scene: Scene, *, feature_dim: int, teacher_dim: int, sh_degree: int,
-                   max_points: int = 100_000, random_points: int = 20_000,
+                   max_points: int | None = None, random_points: int = 20_000,
                    seed: int = 0) -> FeatureGaussians:
-        """From the scene's points (subsampled to ``max_points``) or random frustum points."""
+        """From the scene's points (all, or a random ``max_points`` of them) or random
+        frustum points; features start at zero, as the authors initialise them."""
         rng = np.random.default_rng(seed)
         if scene.points is not None and len(scene.points):
-            keep = rng.permutation(len(scene.points))[:max_points]
-            points, colors = scene.points[keep], scene.point_colors[keep]
+            points, colors = scene.points, scene.point_colors
+            if max_points is not None and len(points) > max_points:
+                keep = rng.permutation(len(points))[:max_points]
+                points, colors = points[keep], colors[keep]
         else:
             points = random_points_in_frusta(scene, random_points, rng)
             colors = rng.uniform(0, 1, points.shape)
         means = torch.tensor(points, dtype=torch.float32)
         n = len(means)
-        gen = torch.Generator().manual_seed(seed)
         shn = torch.zeros(n, num_sh_bases(sh_degree) - 1, 3)
         params = {
             "means": means,
@@ -98,8 +108,7 @@ class FeatureGaussians(nn.Module):
             "opacities": torch.full((n,), math.log(0.1 / 0.9)),
             "sh0": rgb_to_sh0(torch.tensor(colors, dtype=torch.float32))[:, None, :],
             "shN": shn,
-            # The paper initialises the per-Gaussian features at random.
-            "features": torch.randn(n, feature_dim, generator=gen) * 0.1,
+            "features": torch.zeros(n, feature_dim),
         }
         return cls(params, teacher_dim)
 
@@ -127,7 +136,7 @@ class FeatureGaussians(nn.Module):
         opts = {name: torch.optim.Adam([{"params": self.splats[name], "lr": rates[name],
                                          "name": name}], eps=1e-15)
                 for name in self.splats}
-        return opts, torch.optim.Adam(self.decoder.parameters(), lr=lr.decoder)
+        return opts, torch.optim.Adam(self.decoder.parameters(), lr=lr.decoder, eps=1e-15)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything Stage 2 needs, as plain tensors (safetensors names)."""

@@ -35,18 +35,30 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (values * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def rgb_loss(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-             ssim_weight: float = 0.2) -> torch.Tensor:
-    """``(1 - w) L1 + w (1 - SSIM)`` on RGB, masked pixels excluded (w = 0.2 as in 3DGS)."""
-    l1 = masked_mean((render - target).abs(), mask)
-    dssim = masked_mean(1 - ssim(render, target), mask)
+def fill_masked(target: torch.Tensor, render: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+    """The target with masked-out pixels (``mask`` false) replaced by the detached render.
+
+    The authors' handling of ScanNet++'s anonymisation masks: those pixels then add zero to
+    every loss, while the means still run over all pixels and SSIM windows see a
+    seamless image.
+    """
+    if mask is None:
+        return target
+    return torch.where(mask, target, render.detach())
+
+
+def rgb_loss(render: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.2
+             ) -> torch.Tensor:
+    """``(1 - w) L1 + w (1 - SSIM)`` on RGB (w = 0.2 as in 3DGS)."""
+    l1 = (render - target).abs().mean()
+    dssim = 1 - ssim(render, target).mean()
     return (1 - ssim_weight) * l1 + ssim_weight * dssim
 
 
-def feature_loss(decoded: torch.Tensor, teacher: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Masked L1 between decoded features and the teacher's, both (N, C, H, W)."""
-    return masked_mean((decoded - teacher).abs(), mask)
+def feature_loss(decoded: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L1 between decoded features and the teacher's, both (N, C, H, W)."""
+    return (decoded - teacher).abs().mean()
 
 
 def psnr(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:

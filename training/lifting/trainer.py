@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from training.data.scene import Scene, load_image, load_mask, rgb_at
+from training.data.scene import Scene, load_image, load_mask, rgb_at, training_views
 from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
-from training.lifting.losses import feature_loss, psnr, rgb_loss
+from training.lifting.losses import feature_loss, fill_masked, psnr, rgb_loss
 from training.lifting.rasterize import rasterize_rgb_and_features
 from training.lifting.strategy import OpacityResetStrategy
 from training.lifting.teacher import upsample_teacher
@@ -35,7 +35,8 @@ class LiftConfig:
     ssim_weight: float = 0.2
     feature_weight: float = 1.0
     downscale: float = 1.0
-    max_points: int = 100_000
+    max_points: int | None = None
+    """Initial Gaussians from at most this many scene points (None: all, as the authors)."""
     random_points: int = 20_000
     seed: int = 0
     lr: LearningRates = field(default_factory=LearningRates)
@@ -46,6 +47,8 @@ class LiftConfig:
     grow_grad2d: float = 0.0002
     holdout_every: int = 0
     """Every k-th view is held out of training (0: train on all)."""
+    hold_out_test_frames: bool = False
+    """Keep ScanNet++'s test_frames out of training (the authors train on them)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -111,20 +114,21 @@ def render_views(gaussians: FeatureGaussians, views: SceneViews, index: int, bac
 
 def step_losses(out: dict, views: SceneViews, index: int, config: LiftConfig
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(RGB loss, feature loss) of one rendered view."""
+    """(RGB loss, feature loss) of one rendered view; masked pixels are filled with the
+    render, as the authors do."""
     target = views.images[index:index + 1].permute(0, 3, 1, 2)
     mask = None if views.masks is None else views.masks[index:index + 1].permute(0, 3, 1, 2)
     teacher = upsample_teacher(views.teacher[index:index + 1].to(target.device),
                                views.height, views.width)
-    l_rgb = rgb_loss(out["rgb"], target, mask, config.ssim_weight)
-    l_feat = feature_loss(out["decoded"], teacher, mask)
+    l_rgb = rgb_loss(out["rgb"], fill_masked(target, out["rgb"], mask), config.ssim_weight)
+    l_feat = feature_loss(out["decoded"], fill_masked(teacher, out["decoded"], mask))
     return l_rgb, l_feat
 
 
-def training_views(count: int, holdout_every: int) -> list[int]:
-    if holdout_every <= 0:
-        return list(range(count))
-    return [i for i in range(count) if i % holdout_every != 0] or list(range(count))
+def scene_training_views(scene: Scene, config: LiftConfig) -> list[int]:
+    """The views Stage 1 fits (recorded in the lifted file; Stage 2 trains on the same)."""
+    return training_views([f.split for f in scene.frames], config.holdout_every,
+                          config.hold_out_test_frames)
 
 
 def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: str,
@@ -148,7 +152,7 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
     strategy.check_sanity(gaussians.splats, optimizers)
     state = strategy.initialize_state(scene_scale=extent)
     decay = (config.lr.means_final / config.lr.means) ** (1.0 / max(config.iterations, 1))
-    order = training_views(len(scene.frames), config.holdout_every)
+    order = scene_training_views(scene, config)
     rng = np.random.default_rng(config.seed)
     queue: list[int] = []
     history = []
