@@ -8,7 +8,14 @@ Ground truth comes from depth and poses (back-projection with an occlusion check
 other view's depth) or, for rectified stereo, from a disparity map. Features are bilinearly
 upsampled to the image, L2-normalised, and every query pixel of view A is matched to its
 nearest neighbour (cosine) among all pixels of view B. Reported for the original, fine-tuned
-and concatenated features, overall and binned by relative rotation.
+and concatenated features, overall and binned by relative rotation, beside two baselines that
+use no learned features: ``zero-motion`` (each pixel predicted to stay where it is, at the same
+relative position in view B) and ``identity`` (the same nearest-neighbour matcher on the raw
+RGB image, the identity feature map). On a small-baseline stereo pair zero motion beats a
+random ViT, so a table without these rows would mislead.
+
+Pairs come from a scene's ``test_frames`` when it has them (ScanNet++), else from all its
+frames (``--views`` chooses).
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from fit3d_hub.weights import write_text_atomic
 from training.data.scene import SceneError, load_depth, load_rgb, load_scene, scene_paths
 
 VARIANTS = ("original", "finetuned", "concat")
+BASELINES = ("zero-motion", "identity")
+ROWS = VARIANTS + BASELINES
+VIEW_CHOICES = ("auto", "all", "test")
 ROTATION_BINS = (0, 30, 60, 90, 120, 180)
 
 
@@ -79,6 +89,9 @@ def evaluate_pair(model: FiT3D, transform, image_a: np.ndarray, image_b: np.ndar
     size_b = (image_b.shape[1], image_b.shape[0])
     preds = {v: nearest_neighbours(variant_maps(outs[0], v), variant_maps(outs[1], v), uv_a,
                                    size_a, size_b) for v in VARIANTS}
+    preds["zero-motion"] = uv_a * (np.array(size_b, float) / np.array(size_a, float))
+    preds["identity"] = nearest_neighbours(*(torch.from_numpy(im).permute(2, 0, 1)
+                                             for im in (image_a, image_b)), uv_a, size_a, size_b)
     return PairResult(rotation, float(min(size_b)), uv_b, preds)
 
 
@@ -93,16 +106,32 @@ def select_pairs(w2cs: list[np.ndarray], count: int, max_rotation: float, seed: 
     return [pairs[k] for k in sorted(keep)]
 
 
-def scene_tasks(scene_dirs: list[Path], pairs: int, max_rotation: float, seed: int
-                ) -> list[tuple[Path, int, int, float]]:
+def evaluation_views(frames, views: str) -> list[int]:
+    """Indices of the frames pairs are drawn from: ``test`` frames, ``all``, or ``auto`` (the
+    test frames where a scene has them)."""
+    tests = [i for i, f in enumerate(frames) if f.split == "test"]
+    if views == "test" or (views == "auto" and len(tests) >= 2):
+        return tests
+    return list(range(len(frames)))
+
+
+def scene_tasks(scene_dirs: list[Path], pairs: int, max_rotation: float, seed: int,
+                views: str = "auto") -> list[tuple[Path, int, int, float]]:
     """(scene, view a, view b, rotation) for every pair to evaluate, in a fixed order."""
     tasks = []
     for scene_dir in scene_dirs:
         scene = load_scene(scene_dir)
-        if any(f.depth_path is None for f in scene.frames):
-            raise SceneError(f"{scene_dir}: correspondence needs depth maps for every frame")
-        tasks += [(scene_dir, i, j, rot) for i, j, rot in
-                  select_pairs([f.camera.w2c for f in scene.frames], pairs, max_rotation, seed)]
+        chosen = evaluation_views(scene.frames, views)
+        if len(chosen) < 2:
+            raise SceneError(f"{scene_dir}: needs at least two {views} frames to pair; has "
+                             f"{len(chosen)}")
+        missing = [scene.frames[i].name for i in chosen if scene.frames[i].depth_path is None]
+        if missing:
+            raise SceneError(f"{scene_dir}: correspondence needs a depth map for every frame "
+                             f"it pairs; none for {', '.join(missing[:3])}")
+        w2cs = [scene.frames[i].camera.w2c for i in chosen]
+        tasks += [(scene_dir, chosen[i], chosen[j], rot)
+                  for i, j, rot in select_pairs(w2cs, pairs, max_rotation, seed)]
     return tasks
 
 
@@ -160,7 +189,7 @@ def pooled(results: list[PairResult], thresholds=PCDP_THRESHOLDS) -> dict[str, d
     gt = np.concatenate([r.gt_uv / r.short_side for r in results])
     return {v: correspondence_metrics(np.concatenate([r.pred_uv[v] / r.short_side
                                                       for r in results]), gt, 1.0, thresholds)
-            for v in VARIANTS}
+            for v in ROWS}
 
 
 def summarise(results: list[PairResult]) -> dict:
@@ -215,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--stereo", help="folder of rectified stereo pairs with disparity")
     parser.add_argument("--pairs", type=int, default=20, help="view pairs per scene")
     parser.add_argument("--max-rotation", type=float, default=120.0)
+    parser.add_argument("--views", default="auto", choices=VIEW_CHOICES,
+                        help="frames to pair: test_frames, all, or auto (test frames where a "
+                        "scene has them)")
     parser.add_argument("--queries", type=int, default=1000, help="query pixels per pair")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="results JSON (a .md table and a .png plot beside)")
@@ -233,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset = Path(args.stereo).name
         else:
             tasks = scene_tasks(scene_paths(args.scenes), args.pairs, args.max_rotation,
-                                args.seed)
+                                args.seed, args.views)
             mine = [run_scene_task(model, t, args.queries, args.seed)
                     for t in tqdm(tasks[rank::world], desc="pairs", mininterval=1.0,
                                   disable=not accelerator.is_local_main_process)]

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from eval.correspondence import (
+    ROWS,
     PairResult,
+    evaluate_pair,
     main,
     nearest_neighbours,
+    scene_tasks,
     select_pairs,
     summarise,
 )
@@ -22,6 +25,9 @@ from eval.metrics import (
     relative_rotation_degrees,
     segmentation_metrics,
 )
+from fit3d_hub import FiT3DFeatures
+from fit3d_hub.transforms import FiT3DTransform
+from training.data.scene import SceneError, load_scene
 
 
 def test_segmentation_metrics_by_hand():
@@ -86,9 +92,8 @@ def test_nearest_neighbour_of_identical_maps_is_the_same_pixel():
 
 def test_summary_pools_and_bins_by_rotation():
     gt = np.array([[10.0, 10.0], [20.0, 20.0]])
-    near = PairResult(10.0, 100.0, gt, {v: gt for v in ("original", "finetuned", "concat")})
-    far = PairResult(100.0, 100.0, gt, {v: gt + np.array([0.0, 30.0]) for v in
-                                        ("original", "finetuned", "concat")})
+    near = PairResult(10.0, 100.0, gt, {v: gt for v in ROWS})
+    far = PairResult(100.0, 100.0, gt, {v: gt + np.array([0.0, 30.0]) for v in ROWS})
     s = summarise([near, far])
     assert s["overall"]["concat"]["APE"] == pytest.approx(15.0)
     assert s["by_rotation"]["0-30"]["concat"]["APE"] == 0
@@ -111,7 +116,11 @@ def test_correspondence_cli_on_synthetic_scene_and_stereo(tmp_path, tiny_pair, c
     payload = json.loads(out.read_text())
     rows = {(r["metric"], r["variant"]) for r in payload["results"]}
     assert ("APE", "concat") in rows and ("PCDP@0.1", "original") in rows
-    assert out.with_suffix(".png").exists() and "| concat |" in out.with_suffix(".md").read_text()
+    # every table carries what no learned features would get
+    assert ("APE", "zero-motion") in rows and ("PCDP@0.1", "identity") in rows
+    table = out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").exists() and "| concat |" in table
+    assert "| zero-motion |" in table and "| identity |" in table
     # stereo: the right image is the left shifted by 4 px, disparity 4 everywhere
     rng = np.random.default_rng(0)
     left = rng.integers(0, 255, (28, 42, 3), dtype=np.uint8)
@@ -122,7 +131,54 @@ def test_correspondence_cli_on_synthetic_scene_and_stereo(tmp_path, tiny_pair, c
     Image.fromarray(right).save(stereo / "a_right.png")
     np.save(stereo / "a_disp.npy", np.full((28, 42), 4.0))
     assert main(["--model", str(tmp_path / "model"), "--stereo", str(stereo),
-                 "--queries", "30"]) == 0
+                 "--queries", "30", "--output", str(tmp_path / "stereo.json")]) == 0
+    stereo_rows = {r["variant"]: r["value"] for r in
+                   json.loads((tmp_path / "stereo.json").read_text())["results"]
+                   if r["metric"] == "APE"}
+    # zero motion is off by exactly the 4 px disparity, divided by the short side 28
+    assert stereo_rows["zero-motion"] == pytest.approx(100 * 4 / 28, abs=1e-3)
     np.save(stereo / "a_disp.npy", np.full((20, 42), 4.0))
     assert main(["--model", str(tmp_path / "model"), "--stereo", str(stereo)]) == 2
     assert "a_disp.npy: disparity is 42x20 but a_left.png is 42x28" in capsys.readouterr().err
+
+
+def test_baselines_zero_motion_and_identity_features():
+    rng = np.random.default_rng(1)
+    image_a = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    image_b = np.roll(image_a, 3, axis=1)  # content moves 3 px right
+    uv_a = np.stack([np.arange(5, 20) + 0.5, np.full(15, 10.5)], -1)
+    uv_b = uv_a + np.array([3.0, 0.0])
+
+    class Null(torch.nn.Module):  # a model whose features are constant: matches are arbitrary
+        patch_size = 2
+
+        def forward_features(self, x):
+            f = torch.ones(1, 4, x.shape[-2] // 2, x.shape[-1] // 2)
+            return FiT3DFeatures(torch.cat([f, f], 1), f, f, torch.zeros(1, 4))
+
+    model = Null()
+    model.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))
+    transform = FiT3DTransform((0, 0, 0), (1, 1, 1), 2)
+    result = evaluate_pair(model, transform, image_a, image_b, uv_a, uv_b, 0.0)
+    np.testing.assert_allclose(result.pred_uv["zero-motion"], uv_a)
+    # distinct random colours: the raw image finds every shifted pixel
+    np.testing.assert_allclose(result.pred_uv["identity"], uv_b)
+    summary = summarise([result])
+    assert summary["overall"]["identity"]["APE"] == 0.0
+    assert summary["overall"]["zero-motion"]["APE"] == pytest.approx(100 * 3 / 20)
+
+
+def test_pairs_come_from_test_frames_where_a_scene_has_them(tmp_path):
+    from training.data.synthetic import generate
+
+    spp = generate(tmp_path / "spp", scenes=1, views=9, size=40, seed=0, layout="scannetpp")
+    tasks = scene_tasks(spp, pairs=10, max_rotation=180, seed=0)
+    frames = load_scene(spp[0]).frames
+    paired = {i for _, i, _, _ in tasks} | {j for _, _, j, _ in tasks}
+    assert len(tasks) == 3 and {frames[k].name for k in paired} == \
+        {"frame_0000", "frame_0004", "frame_0008"}  # the test_frames
+    everything = scene_tasks(spp, pairs=50, max_rotation=180, seed=0, views="all")
+    assert len({i for _, i, _, _ in everything} | {j for _, _, j, _ in everything}) > 3
+    plain = generate(tmp_path / "plain", scenes=1, views=3, size=40, seed=0)
+    with pytest.raises(SceneError, match="needs at least two test frames"):
+        scene_tasks(plain, pairs=2, max_rotation=180, seed=0, views="test")
