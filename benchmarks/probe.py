@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval.datasets import open_dataset  # noqa: E402
 from eval.linear_probe import train_probe  # noqa: E402
+from eval.protocols import quick_depth, quick_seg  # noqa: E402
 from fit3d_hub import load_fit3d  # noqa: E402
 from training.data.synthetic import generate  # noqa: E402
 
@@ -36,10 +37,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "scenes", scenes=2, views=8, size=args.size, seed=0)
         data = open_dataset(f"synthetic:{Path(tmp) / 'scenes'}")
-        common = {"iterations": args.iterations, "batch_size": args.batch_size,
-                  "lr": 1e-3, "size": args.size}
-        _, cached = train_probe(model, data, args.task, cache=True, **common)
-        _, fresh = train_probe(model, data, args.task, cache=False, **common)
+        make = quick_seg if args.task == "seg" else quick_depth
+        protocol = make(iterations=args.iterations, batch_size=args.batch_size, lr=1e-3,
+                        size=args.size)
+        _, cached = train_probe(model, data, args.task, protocol, cache=True)
+        _, fresh = train_probe(model, data, args.task, protocol, cache=False)
     device = f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.task} probe, {args.backbone} (random weights), {len(data.train)} training "
           f"images at {args.size}x{args.size}, {args.iterations} iterations of batch "

@@ -9,9 +9,13 @@
   ``ImageSets/Segmentation/{train,val}.txt`` (21 classes).
 - nyu: ``nyu_depth_v2_labeled.mat`` with ``splits.mat`` (trainNdxs/testNdxs, 1-based), or
   folders ``{train,test}/{image,label,depth}/<stem>.png`` (depth: 16-bit millimetres);
-  labels as stored, 0 ignored (40 classes after the usual mapping; ``--num-classes`` else).
-- scannetpp: ``splits/{train,val}.txt`` of scene ids; ``<scene>/images/*``,
-  ``<scene>/semantics/<stem>.png``, ``<scene>/depth/<stem>.png`` (mm; rendered from the mesh).
+  labels 1..13 with 0 ignored (the authors' 13-class NYUv2; ``--num-classes`` for others:
+  the .mat's raw labels need mapping first).
+- scannetpp: the authors' processed evaluation data (``images/{training,validation}/*.JPG``
+  with ``annotations/{training,validation}/<stem>.png``, and ``scannetpp_{train,val}.txt``
+  lines ``<image> <depth png>``), or ``splits/{train,val}.txt`` of scene ids with
+  ``<scene>/images/*``, ``<scene>/semantics/<stem>.png``, ``<scene>/depth/<stem>.png``. Labels
+  1..100 with 0 ignored (mmseg's reduce_zero_label), depth in mm, range up to 20 m.
 - kitti: ``eigen_train_files.txt`` / ``eigen_test_files.txt`` with lines
   ``<rgb path> <depth path> [focal]`` relative to PATH; sparse 16-bit depth PNG (/256 m).
 - synthetic: scene folders from ``training.data.synthetic`` (labels and depth); every 4th
@@ -40,9 +44,15 @@ class Item:
     depth: Path | int | None = None
 
 
+DISPLAY_NAMES = {"ade20k": "ADE20K", "pascal_voc": "Pascal VOC 2012", "nyuv2": "NYUv2",
+                 "scannetpp": "ScanNet++", "kitti": "KITTI", "synthetic": "synthetic scenes"}
+"""Dataset ids as the model cards' paper figures name them, and their display names."""
+
+
 @dataclass
 class ProbeDataset:
     name: str
+    """The dataset id (``DISPLAY_NAMES``), which results JSONs and model cards use."""
     train: list[Item]
     val: list[Item]
     num_classes: int = 0
@@ -52,6 +62,22 @@ class ProbeDataset:
     label_offset: int = 0  # subtracted from stored labels (ADE20K: 1)
     ignore_zero: bool = False  # stored 0 means "ignore"
     arrays: dict | None = None  # NYU .mat: "images", "labels", "depths"
+
+    @property
+    def display_name(self) -> str:
+        return DISPLAY_NAMES.get(self.name, self.name)
+
+    def items_for(self, task: str) -> tuple[list[Item], list[Item]]:
+        """(train, val) items that carry what ``task`` needs: labels (seg) or depth."""
+        key = "label" if task == "seg" else "depth"
+        if task == "seg" and self.num_classes < 2:
+            raise DatasetError(f"{self.name}: no segmentation labels")
+        train = [i for i in self.train if getattr(i, key) is not None]
+        val = [i for i in self.val if getattr(i, key) is not None]
+        if not train or not val:
+            raise DatasetError(f"{self.name}: no {'labels' if task == 'seg' else 'depth maps'} "
+                               f"({len(train)} training, {len(val)} validation images have them)")
+        return train, val
 
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(H, W, 3) uint8 image, (H, W) int64 labels (IGNORE = ignore), (H, W) depth in m."""
@@ -125,10 +151,10 @@ def voc(root: Path) -> ProbeDataset:
         return [Item(root / "JPEGImages" / f"{s}.jpg", root / "SegmentationClass" / f"{s}.png")
                 for s in _stems(root / "ImageSets" / "Segmentation" / f"{name}.txt")]
 
-    return ProbeDataset("voc", split("train"), split("val"), num_classes=21)
+    return ProbeDataset("pascal_voc", split("train"), split("val"), num_classes=21)
 
 
-def nyu(root: Path, num_classes: int = 40) -> ProbeDataset:
+def nyu(root: Path, num_classes: int = 13) -> ProbeDataset:
     mat = root / "nyu_depth_v2_labeled.mat"
     if mat.exists():
         import h5py
@@ -146,7 +172,7 @@ def nyu(root: Path, num_classes: int = 40) -> ProbeDataset:
             raise DatasetError(f"{mat}: not the labelled NYUv2 .mat (v7.3/HDF5) or its "
                                f"splits.mat ({err})") from None
         make = lambda ids: [Item(i, i, i) for i in ids]  # noqa: E731
-        return ProbeDataset("nyu", make(train), make(test), num_classes=num_classes,
+        return ProbeDataset("nyuv2", make(train), make(test), num_classes=num_classes,
                             label_offset=1, ignore_zero=True, arrays=arrays)
 
     def split(name: str) -> list[Item]:
@@ -154,11 +180,14 @@ def nyu(root: Path, num_classes: int = 40) -> ProbeDataset:
         return [Item(p, root / name / "label" / p.name, root / name / "depth" / p.name)
                 for p in images]
 
-    return ProbeDataset("nyu", split("train"), split("test"), num_classes=num_classes,
+    return ProbeDataset("nyuv2", split("train"), split("test"), num_classes=num_classes,
                         label_offset=1, ignore_zero=True)
 
 
 def scannetpp(root: Path, num_classes: int = 100) -> ProbeDataset:
+    if (root / "images" / "training").is_dir():
+        return _scannetpp_authors(root, num_classes)
+
     def split(name: str) -> list[Item]:
         items = []
         for scene in _stems(root / "splits" / f"{name}.txt"):
@@ -168,7 +197,34 @@ def scannetpp(root: Path, num_classes: int = 100) -> ProbeDataset:
                                   root / scene / "depth" / f"{p.stem}.png"))
         return items
 
-    return ProbeDataset("scannetpp", split("train"), split("val"), num_classes=num_classes)
+    return ProbeDataset("scannetpp", split("train"), split("val"), num_classes=num_classes,
+                        max_depth=20.0, label_offset=1, ignore_zero=True)
+
+
+def _scannetpp_authors(root: Path, num_classes: int) -> ProbeDataset:
+    """The authors' processed ScanNet++ evaluation data (mmseg folders + depth lists)."""
+
+    def split(folder: str, listing: str) -> list[Item]:
+        depth_of = {}
+        path = root / listing
+        if path.is_file():
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) < 2:
+                    raise DatasetError(f"{path}:{n}: expected '<image path> <depth path>'")
+                if parts[1] != "None":
+                    depth_of[(root / parts[0].lstrip("/")).resolve()] = root / parts[1].lstrip("/")
+        images = sorted(_need(root / "images" / folder, "ScanNet++ images").glob("*.JPG"))
+        items = [Item(p, root / "annotations" / folder / f"{p.stem}.png",
+                      depth_of.pop(p.resolve(), None)) for p in images]
+        items += [Item(image, None, depth) for image, depth in sorted(depth_of.items())]
+        return items
+
+    return ProbeDataset("scannetpp", split("training", "scannetpp_train.txt"),
+                        split("validation", "scannetpp_val.txt"), num_classes=num_classes,
+                        max_depth=20.0, label_offset=1, ignore_zero=True)
 
 
 def kitti(root: Path) -> ProbeDataset:

@@ -1,14 +1,19 @@
 """Linear probes (DINOv2 protocol) on original, fine-tuned and concatenated features.
 
     python -m eval.linear_probe --task seg|depth --data FORMAT:PATH --model NAME_OR_DIR \
-        [--iterations N] [--batch-size B] [--lr LR] [--size S] [--no-cache] [--output results.json]
+        [--protocol quick|paper] [--iterations N] [--batch-size B] [--lr LR] [--size S] \
+        [--no-cache] [--output results.json]
 
-Segmentation: BatchNorm + 1x1 conv, logits upsampled, cross-entropy; mIoU, mAcc, aAcc.
-Depth: CLS token concatenated to each patch feature, 256 uniform bins with linear
-normalisation, SigLoss + gradient loss; RMSE, AbsRel, delta1..3 inside the dataset's depth
-range. The frozen backbone runs once per image and its features are cached (``--no-cache``
-recomputes them every step with random flips, as the original protocol does). Images are
-resized (shorter side ``--size``) and centre-cropped to a square of patch multiples.
+Segmentation: BatchNorm + 1x1 conv on last-block, final-norm features, logits upsampled,
+cross-entropy; mIoU, mAcc, aAcc. Depth: last-block features without the final norm, the
+original CLS token concatenated to each patch feature, upsampled 4x, 256 uniform bins with
+linear normalisation, SigLoss; RMSE, AbsRel, delta1..3 inside the dataset's depth range.
+
+``--protocol paper`` is the authors' configuration (eval/protocols.py): augmented crops,
+their schedules and iterations, sliding-window (segmentation) and flip-averaged whole-image
+(depth) testing at full resolution; it runs the backbone every step, so it wants GPUs.
+``--protocol quick`` (the default) resizes and centre-crops to ``--size`` squares, computes
+the frozen features once and caches them (``--no-cache``: every step, with random flips).
 Runs under ``accelerate launch`` too (data-parallel heads, sharded extraction).
 """
 
@@ -19,7 +24,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +32,67 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.datasets import IGNORE, DatasetError, ProbeDataset, open_dataset
+from eval.augment import (
+    depth_pre_crop,
+    depth_train_view,
+    eval_mask,
+    rescale_size,
+    resize_image,
+    seg_train_view,
+)
+from eval.datasets import IGNORE, DatasetError, Item, ProbeDataset, open_dataset
 from eval.metrics import confusion_matrix, depth_metric_rows, mean_rows, segmentation_metrics
 from eval.probe_heads import DepthHead, SegmentationHead, gradient_loss, sig_loss
-from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
+from eval.protocols import (
+    PROTOCOLS,
+    DepthProtocol,
+    SegProtocol,
+    beta1_at,
+    lr_at,
+    paper_protocol,
+    quick_depth,
+    quick_seg,
+)
+from fit3d_hub import FiT3D, FiT3DError, load_fit3d
+from fit3d_hub.transforms import normalize
 from fit3d_hub.weights import write_text_atomic
 
 VARIANTS = ("original", "finetuned", "concat")
+Outputs = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""variant -> (feature map (B, C, h, w), CLS token (B, C)); concat carries the original's CLS."""
 
 
 @dataclass
 class Batch:
-    feats: dict[str, torch.Tensor]  # variant -> (B, C, h, w)
-    cls: torch.Tensor  # (B, C) original CLS token
-    label: torch.Tensor | None  # (B, S, S) int64
-    depth: torch.Tensor | None  # (B, S, S) float
+    outputs: Outputs
+    label: torch.Tensor | None  # (B, H, W) int64
+    depth: torch.Tensor | None  # (B, H, W) float
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch({k: v.to(device) for k, v in self.feats.items()}, self.cls.to(device),
+        return Batch({v: (m.to(device), c.to(device)) for v, (m, c) in self.outputs.items()},
                      move(self.label), move(self.depth))
+
+
+def backbone_outputs(model: FiT3D, images: torch.Tensor, norm: bool) -> Outputs:
+    """Last-block maps and CLS tokens of both branches for normalised ``images``.
+
+    ``norm``: the final norm (segmentation reads normed features, depth un-normed ones, as
+    the authors' configs have it). Sides need not be patch multiples when the model pads.
+    """
+    (maps, prefix), = model.forward_intermediates(images, indices=1, norm=norm,
+                                                  return_prefix_tokens=True,
+                                                  intermediates_only=True)
+    c = model.embed_dim
+    orig = (maps[:, :c], prefix[:, 0, :c])
+    return {"original": orig, "finetuned": (maps[:, c:], prefix[:, 0, c:]),
+            "concat": (maps, orig[1])}
+
+
+def normalised(model: FiT3D, images_255: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) 0..255 arrays -> the model's normalised (B, 3, H, W) input."""
+    x = torch.as_tensor(np.ascontiguousarray(images_255), dtype=torch.float32)
+    return normalize(x.permute(0, 3, 1, 2) / 255.0, *model.normalization)
 
 
 def square(image: np.ndarray, label, depth, size: int, patch: int):
@@ -64,41 +110,47 @@ def square(image: np.ndarray, label, depth, size: int, patch: int):
                           **({"align_corners": False} if mode == "bilinear" else {}))
         return t[0, :, top:top + size, left:left + size]
 
-    img = resize(image, "bilinear") / 255.0
+    img = resize(image, "bilinear").permute(1, 2, 0)
     lab = resize(label, "nearest")[0].long() if label is not None else None
     dep = resize(depth, "nearest")[0] if depth is not None else None
     return img, lab, dep
 
 
+def _half(outputs: Outputs) -> dict:
+    return {"original": tuple(t[0].half().cpu() for t in outputs["original"]),
+            "finetuned": tuple(t[0].half().cpu() for t in outputs["finetuned"])}
+
+
 @torch.inference_mode()
-def extract(model: FiT3D, data: ProbeDataset, items, size: int, flip: bool = False,
-            desc: str | None = "features") -> list[dict]:
-    """Run the frozen backbone once per item: fp16 features of both branches + CLS."""
-    transform = get_transform(model)
+def extract(model: FiT3D, data: ProbeDataset, items, size: int, norm: bool,
+            flip: bool = False, desc: str | None = "features") -> list[dict]:
+    """Quick protocol: run the frozen backbone once per item on its square crop; fp16 maps
+    and CLS tokens of both branches, with the label or depth."""
     device = next(model.parameters()).device
     out = []
     for item in tqdm(items, desc=desc, leave=False, mininterval=1.0, disable=desc is None):
         image, label, depth = data.load(item)
         img, lab, dep = square(image, label, depth, size, model.patch_size)
         if flip:
-            img = img.flip(-1)
+            img = img.flip(1)
             lab = lab.flip(-1) if lab is not None else None
             dep = dep.flip(-1) if dep is not None else None
-        f = model.forward_features(transform.batch(img[None]).to(device))
-        out.append({"original": f.original[0].half().cpu(),
-                    "finetuned": f.finetuned[0].half().cpu(),
-                    "cls": f.cls_token[0].half().cpu(), "label": lab, "depth": dep})
+        outputs = backbone_outputs(model, normalised(model, img[None]).to(device), norm)
+        out.append({**_half(outputs), "label": lab, "depth": dep})
     return out
 
 
 def collate(records: list[dict]) -> Batch:
-    feats = {v: torch.stack([r[v].float() for r in records]) for v in ("original", "finetuned")}
-    feats["concat"] = torch.cat([feats["original"], feats["finetuned"]], dim=1)
+    branch = {b: (torch.stack([r[b][0].float() for r in records]),
+                  torch.stack([r[b][1].float() for r in records]))
+              for b in ("original", "finetuned")}
+    concat = (torch.cat([branch["original"][0], branch["finetuned"][0]], dim=1),
+              branch["original"][1])
     label = torch.stack([r["label"] for r in records]) if records[0]["label"] is not None \
         else None
     depth = torch.stack([r["depth"] for r in records]) if records[0]["depth"] is not None \
         else None
-    return Batch(feats, torch.stack([r["cls"].float() for r in records]), label, depth)
+    return Batch({**branch, "concat": concat}, label, depth)
 
 
 class ProbeHeads(torch.nn.Module):
@@ -113,120 +165,253 @@ class ProbeHeads(torch.nn.Module):
             else DepthHead(d, channels, data.min_depth, data.max_depth)
             for v, d in dims.items()})
 
-    def forward(self, feats: dict[str, torch.Tensor], cls: torch.Tensor,
-                size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: Outputs, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         if self.task == "seg":
-            return {v: self.heads[v](feats[v], size) for v in VARIANTS}
-        return {v: self.heads[v](feats[v], cls, size) for v in VARIANTS}
+            return {v: self.heads[v](outputs[v][0], size) for v in VARIANTS}
+        return {v: self.heads[v](*outputs[v], size) for v in VARIANTS}
+
+
+def head_loss(task: str, preds: dict[str, torch.Tensor], batch: Batch,
+              protocol: SegProtocol | DepthProtocol, step: int) -> torch.Tensor:
+    """Sum over variants of cross-entropy (seg) or SigLoss (+ the gradient term) (depth)."""
+    total = 0.0
+    for v in VARIANTS:
+        if task == "seg":
+            total = total + F.cross_entropy(preds[v], batch.label, ignore_index=IGNORE)
+        else:
+            total = total + sig_loss(preds[v], batch.depth,
+                                     warm_up=step < protocol.sigloss_warmup)
+            if protocol.gradient_weight:
+                total = total + protocol.gradient_weight * gradient_loss(preds[v], batch.depth)
+    return total
 
 
 def target_size(task: str, batch: Batch) -> tuple[int, int]:
     return tuple((batch.label if task == "seg" else batch.depth).shape[-2:])
 
 
-def head_loss(task: str, outputs: dict[str, torch.Tensor], batch: Batch,
-              data: ProbeDataset) -> torch.Tensor:
-    """Sum over variants of cross-entropy (seg) or SigLoss + 0.5 gradient loss (depth)."""
-    total = 0.0
-    for v in VARIANTS:
-        if task == "seg":
-            total = total + F.cross_entropy(outputs[v], batch.label, ignore_index=IGNORE)
-        else:
-            valid = (batch.depth > data.min_depth) & (batch.depth < data.max_depth)
-            total = total + sig_loss(outputs[v], batch.depth, valid) \
-                + 0.5 * gradient_loss(outputs[v], batch.depth, valid)
-    return total
+class PaperBatches:
+    """The paper protocol's training batches: a fresh augmented view per image, every step."""
+
+    def __init__(self, model: FiT3D, data: ProbeDataset, items: list[Item], task: str,
+                 protocol: SegProtocol | DepthProtocol, rng: np.random.Generator):
+        self.model, self.data, self.items = model, data, items
+        self.task, self.protocol, self.rng = task, protocol, rng
+
+    @torch.no_grad()
+    def __call__(self, picks: np.ndarray) -> Batch:
+        images, targets = [], []
+        for i in picks:
+            image, label, depth = self.data.load(self.items[i])
+            if self.task == "seg":
+                img, target = seg_train_view(image, label, self.protocol, self.rng)
+            else:
+                img, target = depth_train_view(image, depth, self.protocol, self.rng)
+            images.append(img)
+            targets.append(torch.from_numpy(np.ascontiguousarray(target)))
+        device = next(self.model.parameters()).device
+        x = normalised(self.model, np.stack(images)).to(device)
+        outputs = backbone_outputs(self.model, x, norm=self.task == "seg")
+        stacked = torch.stack(targets)
+        if self.task == "seg":
+            return Batch(outputs, stacked.long(), None)
+        return Batch(outputs, None, stacked.float())
 
 
 @torch.no_grad()
-def evaluate(task: str, heads, records: list[dict], data: ProbeDataset, batch_size: int,
-             accelerator=None) -> dict[str, dict[str, float]]:
-    """Metrics per variant; with Accelerate each process scores its shard and the raw
-    statistics (confusion matrices, per-image depth rows) are pooled before averaging."""
+def evaluate_quick(task: str, heads, records: list[dict], data: ProbeDataset,
+                   batch_size: int, accelerator=None) -> dict[str, dict[str, float]]:
+    """Metrics per variant on cached square crops; with Accelerate each process scores its
+    shard and the raw statistics (confusion matrices, per-image rows) are pooled."""
     heads.eval()
+    conf = {v: torch.zeros(data.num_classes, data.num_classes, dtype=torch.long)
+            for v in VARIANTS}
+    rows: dict[str, list] = {v: [] for v in VARIANTS}
+    device = next(heads.parameters()).device
+    for i in range(0, len(records), batch_size):
+        batch = collate(records[i:i + batch_size]).to(device)
+        preds = heads(batch.outputs, target_size(task, batch))
+        for v in VARIANTS:
+            if task == "seg":
+                conf[v] += confusion_matrix(preds[v].argmax(1).cpu(), batch.label.cpu(),
+                                            data.num_classes)
+            else:
+                rows[v] += depth_metric_rows(preds[v].cpu(), batch.depth.cpu(), data.min_depth,
+                                             data.max_depth)
+    heads.train()
+    return pooled_metrics(task, conf, rows, accelerator)
+
+
+def pooled_metrics(task: str, conf: dict, rows: dict, accelerator=None) -> dict:
     out = {}
     for v in VARIANTS:
-        conf = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long)
-        rows: list[dict] = []
-        device = next(heads.parameters()).device
-        for i in range(0, len(records), batch_size):
-            batch = collate(records[i:i + batch_size]).to(device)
-            pred = heads(batch.feats, batch.cls, target_size(task, batch))[v]
-            if task == "seg":
-                conf += confusion_matrix(pred.argmax(1).cpu(), batch.label.cpu(),
-                                         data.num_classes)
-            else:
-                rows += depth_metric_rows(pred.cpu(), batch.depth.cpu(), data.min_depth,
-                                          data.max_depth)
+        c, r = conf[v], rows[v]
         if accelerator is not None and accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
-            conf = accelerator.reduce(conf.to(accelerator.device), "sum").cpu()
-            rows = gather_object(rows)
-        out[v] = segmentation_metrics(conf) if task == "seg" else mean_rows(rows)
-    heads.train()
+            c = accelerator.reduce(c.to(accelerator.device), "sum").cpu()
+            r = gather_object(r)
+        out[v] = segmentation_metrics(c) if task == "seg" else mean_rows(r)
     return out
 
 
-def train_probe(model: FiT3D, data: ProbeDataset, task: str, *, iterations: int,
-                batch_size: int, lr: float, size: int, cache: bool, seed: int = 0,
+def slide_logits(model: FiT3D, heads, image: torch.Tensor, crop: tuple[int, int],
+                 stride: tuple[int, int], num_classes: int) -> dict[str, torch.Tensor]:
+    """mmseg's sliding-window inference: logits of overlapping crops, averaged per pixel."""
+    _, _, h, w = image.shape
+    rows = max(h - crop[0] + stride[0] - 1, 0) // stride[0] + 1
+    cols = max(w - crop[1] + stride[1] - 1, 0) // stride[1] + 1
+    sums = {v: image.new_zeros((1, num_classes, h, w)) for v in VARIANTS}
+    count = image.new_zeros((1, 1, h, w))
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride[0] + crop[0], h), min(c * stride[1] + crop[1], w)
+            y1, x1 = max(y2 - crop[0], 0), max(x2 - crop[1], 0)
+            part = image[:, :, y1:y2, x1:x2]
+            preds = heads(backbone_outputs(model, part, norm=True), tuple(part.shape[-2:]))
+            for v in VARIANTS:
+                sums[v][:, :, y1:y2, x1:x2] += preds[v]
+            count[:, :, y1:y2, x1:x2] += 1
+    return {v: sums[v] / count for v in VARIANTS}
+
+
+@torch.no_grad()
+def evaluate_paper(task: str, model: FiT3D, heads, data: ProbeDataset, items: list[Item],
+                   protocol: SegProtocol | DepthProtocol, accelerator=None, desc="val"
+                   ) -> dict[str, dict[str, float]]:
+    """Full-resolution testing as the authors' configs do it: segmentation resized into the
+    (2048, 512) bound and slid over in 512 crops, logits back at the original size;
+    depth on the whole image and its mirror, clamped, averaged, metrics inside the eval
+    crop."""
+    heads.eval()
+    device = next(model.parameters()).device
+    conf = {v: torch.zeros(data.num_classes, data.num_classes, dtype=torch.long)
+            for v in VARIANTS}
+    rows: dict[str, list] = {v: [] for v in VARIANTS}
+    for item in tqdm(items, desc=desc, leave=False, mininterval=1.0):
+        image, label, depth = data.load(item)
+        if task == "seg":
+            size = rescale_size(*image.shape[:2], protocol.scale)
+            x = normalised(model, resize_image(image.astype(np.float32), size)[None]).to(device)
+            logits = slide_logits(model, heads, x, protocol.crop, protocol.slide_stride,
+                                  data.num_classes)
+            for v in VARIANTS:
+                full = F.interpolate(logits[v], size=label.shape, mode="bilinear",
+                                     align_corners=False)
+                conf[v] += confusion_matrix(full.argmax(1)[0].cpu(), torch.from_numpy(label),
+                                            data.num_classes)
+            continue
+        kind = protocol.pre_crop if protocol.pre_crop == "kitti" else None
+        image, depth = depth_pre_crop(image, depth, kind)
+        x = normalised(model, image.astype(np.float32)[None]).to(device)
+        views = [x, x.flip(-1)] if protocol.flip_test else [x]
+        total = None
+        for k, view in enumerate(views):
+            preds = heads(backbone_outputs(model, view, norm=False), depth.shape)
+            preds = {v: (p.flip(-1) if k else p) for v, p in preds.items()}
+            total = preds if total is None else {v: total[v] + preds[v] for v in VARIANTS}
+        gt = torch.from_numpy(depth)[None]
+        mask = torch.from_numpy(eval_mask(depth, protocol.eval_crop))[None]
+        for v in VARIANTS:
+            rows[v] += depth_metric_rows((total[v] / len(views)).cpu(), gt, data.min_depth,
+                                         data.max_depth, masks=mask)
+    heads.train()
+    return pooled_metrics(task, conf, rows, accelerator)
+
+
+def train_probe(model: FiT3D, data: ProbeDataset, task: str,
+                protocol: SegProtocol | DepthProtocol, *, cache: bool = True, seed: int = 0,
                 accelerator=None) -> tuple[dict, dict]:
-    """Train the three heads; returns (metrics per variant, timing)."""
-    if task == "seg" and data.num_classes < 2:
-        raise DatasetError(f"{data.name}: no segmentation labels")
-    if task == "depth" and data.load(data.train[0])[2] is None:
-        raise DatasetError(f"{data.name}: no depth maps")
+    """Train the three heads under ``protocol``; returns (metrics per variant, timing)."""
+    pad = model.pad
+    if protocol.square is None:
+        model.pad = "center"  # the authors' CenterPadding pre-hook
+    try:
+        return _train_probe(model, data, task, protocol, cache, seed, accelerator)
+    finally:
+        model.pad = pad
+
+
+def _train_probe(model: FiT3D, data: ProbeDataset, task: str,
+                 protocol: SegProtocol | DepthProtocol, cache: bool, seed: int,
+                 accelerator) -> tuple[dict, dict]:
+    train_items, val_items = data.items_for(task)
     torch.manual_seed(seed)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
-    train_items = data.train[rank::world]
+    train_items = train_items[rank::world]
+    paper = protocol.square is None
     t0 = time.perf_counter()
-    train_records = extract(model, data, train_items, size, desc="train features") if cache \
-        else None
+    norm = task == "seg"
+    records = extract(model, data, train_items, protocol.square, norm,
+                      desc="train features") if cache and not paper else None
     t_extract = time.perf_counter() - t0
     heads = ProbeHeads(task, model.embed_dim, data)
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=protocol.lr,
+                                  weight_decay=protocol.weight_decay)
     if accelerator is not None:
         heads, optimizer = accelerator.prepare(heads, optimizer)
     rng = np.random.default_rng(seed + rank)
     device = next(heads.parameters()).device
+    per_process = max(1, protocol.batch_size // world)
+    augmented = PaperBatches(model, data, train_items, task, protocol, rng) if paper else None
     t1 = time.perf_counter()
-    for step in tqdm(range(iterations), desc=f"{task} probe", leave=False, mininterval=1.0):
-        pick = rng.choice(len(train_items), size=batch_size, replace=len(train_items) < batch_size)
-        if cache:
-            records = [train_records[i] for i in pick]
+    for step in tqdm(range(protocol.iterations), desc=f"{task} probe", leave=False,
+                     mininterval=1.0):
+        pick = rng.choice(len(train_items), size=per_process,
+                          replace=len(train_items) < per_process)
+        if paper:
+            batch = augmented(pick)
+        elif cache:
+            batch = collate([records[i] for i in pick])
         else:
-            flips = rng.random(batch_size) < 0.5
-            records = [extract(model, data, [train_items[i]], size, flip=bool(f), desc=None)[0]
-                       for i, f in zip(pick, flips, strict=True)]
+            flips = rng.random(per_process) < 0.5
+            batch = collate([extract(model, data, [train_items[i]], protocol.square, norm,
+                                     flip=bool(f), desc=None)[0]
+                             for i, f in zip(pick, flips, strict=True)])
         for group in optimizer.param_groups:
-            group["lr"] = lr * (1 - step / iterations) ** 0.9  # poly schedule
-        batch = collate(records).to(device)
-        loss = head_loss(task, heads(batch.feats, batch.cls, target_size(task, batch)), batch,
-                         data)
+            group["lr"] = lr_at(protocol, step)
+            group["betas"] = (beta1_at(protocol, step), group["betas"][1])
+        batch = batch.to(device)
+        loss = head_loss(task, heads(batch.outputs, target_size(task, batch)), batch,
+                         protocol, step)
         optimizer.zero_grad(set_to_none=True)
         (accelerator.backward(loss) if accelerator else loss.backward())
+        if getattr(protocol, "grad_clip", None):
+            torch.nn.utils.clip_grad_norm_(heads.parameters(), protocol.grad_clip)
         optimizer.step()
     t_train = time.perf_counter() - t1
     unwrapped = accelerator.unwrap_model(heads) if accelerator else heads
-    val_records = extract(model, data, data.val[rank::world], size, desc="val features")
-    metrics = evaluate(task, unwrapped, val_records, data, batch_size, accelerator)
+    mine = val_items[rank::world]
+    if paper:
+        metrics = evaluate_paper(task, model, unwrapped, data, mine, protocol, accelerator)
+    else:
+        val_records = extract(model, data, mine, protocol.square, norm, desc="val features")
+        metrics = evaluate_quick(task, unwrapped, val_records, data, protocol.batch_size,
+                                 accelerator)
     return metrics, {"extract_s": t_extract, "train_s": t_train}
 
 
 TASK_NAMES = {"seg": "semantic-segmentation", "depth": "depth-estimation"}
 
 
-def results_payload(args, data: ProbeDataset, metrics: dict, timing: dict) -> dict:
+def results_payload(args, data: ProbeDataset, protocol, metrics: dict, timing: dict) -> dict:
     task = TASK_NAMES[args.task]
-    rows = [{"task": task, "dataset": data.name, "dataset_name": data.name, "metric": m,
-             "value": round(v, 4), "variant": variant}
+    rows = [{"task": task, "dataset": data.name, "dataset_name": data.display_name, "metric": m,
+             "value": round(v, 4), "variant": variant, "protocol": protocol.name}
             for variant, values in metrics.items() for m, v in values.items()]
     return {"model": args.model, "task": task, "dataset": data.name,
+            "protocol": protocol.name, "protocol_settings": _plain(protocol),
             "settings": {k: v for k, v in vars(args).items() if k != "output"},
             "timing": timing,
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
             "metrics": metrics, "results": rows}
+
+
+def _plain(protocol) -> dict:
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(protocol).items()}
 
 
 def markdown(metrics: dict) -> str:
@@ -237,25 +422,45 @@ def markdown(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def build_protocol(args, dataset: str) -> SegProtocol | DepthProtocol:
+    """The protocol the command line asks for; explicit flags override its values."""
+    if args.protocol == "paper":
+        protocol = paper_protocol(args.task, dataset)
+        overrides = {k: getattr(args, k) for k in ("iterations", "batch_size", "lr")
+                     if getattr(args, k) is not None}
+        return replace(protocol, **overrides)
+    make = quick_seg if args.task == "seg" else quick_depth
+    given = {k: getattr(args, k) for k in ("iterations", "batch_size", "lr", "size")
+             if getattr(args, k) is not None}
+    return make(**given)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.linear_probe",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, choices=("seg", "depth"))
     parser.add_argument("--data", required=True, help="FORMAT:PATH (see eval/datasets.py)")
     parser.add_argument("--model", required=True, help="registry name, hub repo id or dir")
-    parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--size", type=int, default=448, help="square input side")
+    parser.add_argument("--protocol", default="quick", choices=PROTOCOLS,
+                        help="quick (default: square crops, cached features, CPU-friendly) or "
+                        "paper (the authors' configs; GPUs)")
+    parser.add_argument("--iterations", type=int, help="default: the protocol's (quick 2000)")
+    parser.add_argument("--batch-size", type=int, help="default: the protocol's (quick 8)")
+    parser.add_argument("--lr", type=float, help="default: the protocol's (quick 1e-3)")
+    parser.add_argument("--size", type=int, help="quick protocol: square input side (448)")
     parser.add_argument("--no-cache", action="store_true",
-                        help="recompute features every step (with random flips)")
+                        help="quick protocol: recompute features every step (random flips)")
     parser.add_argument("--num-classes", type=int,
                         help="override the dataset's class count (NYUv2, ScanNet++ label sets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="results JSON (and a .md table beside it)")
     args = parser.parse_args(argv)
-    if args.iterations < 1 or args.batch_size < 1 or args.size < 1:
-        parser.error("--iterations, --batch-size and --size must be positive")
+    for name in ("iterations", "batch_size", "size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.protocol == "paper" and (args.size is not None or args.no_cache):
+        parser.error("--size and --no-cache belong to the quick protocol")
     from accelerate import Accelerator
 
     accelerator = Accelerator()
@@ -263,9 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         data = open_dataset(args.data)
         if args.num_classes:
             data.num_classes = args.num_classes
+        protocol = build_protocol(args, data.name)
         model = load_fit3d(args.model, device=accelerator.device)
-        metrics, timing = train_probe(model, data, args.task, iterations=args.iterations,
-                                      batch_size=args.batch_size, lr=args.lr, size=args.size,
+        metrics, timing = train_probe(model, data, args.task, protocol,
                                       cache=not args.no_cache, seed=args.seed,
                                       accelerator=accelerator)
     except (DatasetError, FiT3DError) as err:
@@ -273,10 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if accelerator.is_main_process:
         table = markdown(metrics)
-        print(table)
+        print(f"protocol: {protocol.name}\n{table}")
         if args.output:
             out = Path(args.output)
-            payload = results_payload(args, data, metrics, timing)
+            payload = results_payload(args, data, protocol, metrics, timing)
             write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
             write_text_atomic(out.with_suffix(".md"), table + "\n")
             print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -56,13 +56,18 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def depth_metric_rows(pred: torch.Tensor, gt: torch.Tensor, min_depth: float,
-                      max_depth: float) -> list[dict[str, float]]:
-    """Per-image depth metrics; images without valid ground truth give no row."""
+                      max_depth: float, masks: torch.Tensor | None = None
+                      ) -> list[dict[str, float]]:
+    """Per-image depth metrics over pixels with ground truth inside (min, max) and, if
+    given, inside ``masks`` (the eigen or Garg crop); images with no such pixel give no row."""
     if pred.dim() == 2:
         pred, gt = pred[None], gt[None]
+        masks = masks[None] if masks is not None else None
     rows = []
-    for p, g in zip(pred.double(), gt.double(), strict=True):
+    for i, (p, g) in enumerate(zip(pred.double(), gt.double(), strict=True)):
         valid = (g > min_depth) & (g < max_depth) & torch.isfinite(g)
+        if masks is not None:
+            valid &= masks[i].bool()
         if not valid.any():
             continue
         p, g = p[valid].clamp_min(1e-6), g[valid]

@@ -27,6 +27,8 @@ METRIC_TYPES = {"mIoU": "mean_iou", "mAcc": "mean_accuracy", "aAcc": "accuracy",
                 "AbsRel": "abs_rel", "delta1": "delta1", "delta2": "delta2", "delta3": "delta3",
                 "APE": "ape", "PCDP@0.05": "pcdp", "PCDP@0.1": "pcdp", "PCDP@0.2": "pcdp"}
 VARIANTS = ("concat", "finetuned", "original")
+BASELINES = ("zero-motion", "identity")
+"""Rows that use no learned features (eval.correspondence reports them beside the model's)."""
 PAPER_SOURCE = "FiT3D paper (Yue et al., ECCV 2024)"
 MEASURED_SOURCE = "measured with fit3d-hub"
 PROJECT_URL = "https://pypi.org/project/fit3d-hub/"
@@ -42,6 +44,8 @@ class Result:
     metric: str
     value: float
     variant: str = "concat"
+    protocol: str = "unspecified"
+    """The probe protocol ("paper", "quick"); only "paper" figures compare with the paper's."""
 
 
 def card_metadata() -> dict[str, Any]:
@@ -57,7 +61,8 @@ def template_text() -> str:
 def load_results(path: str | Path) -> list[Result]:
     """Read measured results (``{"results": [{task, dataset, metric, value, variant}, ...]}``)."""
     path = Path(path)
-    rows = read_json_object(path, missing="no such results file").get("results")
+    payload = read_json_object(path, missing="no such results file")
+    rows = payload.get("results")
     if not isinstance(rows, list):
         raise RepoFormatError(f"{path}: expected an object with a 'results' list")
     out = []
@@ -73,10 +78,14 @@ def load_results(path: str | Path) -> list[Result]:
         if not numeric or not math.isfinite(value):
             raise RepoFormatError(f"{where}: field 'value' must be a finite number; got {value!r}")
         variant = row.get("variant", "concat")
-        if variant not in VARIANTS:
-            raise RepoFormatError(f"{where}: field 'variant' must be one of {', '.join(VARIANTS)}")
+        if variant not in VARIANTS + BASELINES:
+            raise RepoFormatError(f"{where}: field 'variant' must be one of "
+                                  f"{', '.join(VARIANTS + BASELINES)}")
+        protocol = row.get("protocol") or payload.get("protocol") or "unspecified"
+        if not isinstance(protocol, str):
+            raise RepoFormatError(f"{where}: field 'protocol' must be a string")
         out.append(Result(row["task"], row["dataset"], row.get("dataset_name") or row["dataset"],
-                          row["metric"], float(value), variant))
+                          row["metric"], float(value), variant, protocol))
     return out
 
 
@@ -116,7 +125,7 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
              for r in (paper_rows if from_authors else [])]
     evals += [_eval_result(r.task, r.dataset, r.dataset_name, r.metric, r.value,
                            results_source or MEASURED_SOURCE, PROJECT_URL, f"measured, {r.variant}")
-              for r in measured]
+              for r in measured if r.variant in VARIANTS]  # baselines are not the model's
     card_data = ModelCardData(
         library_name="fit3d-hub",
         pipeline_tag="image-feature-extraction",
@@ -137,6 +146,11 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         training_line = ", ".join(f"{k}: {v}" for k, v in sorted(training.items()))
     else:
         training_line = "not recorded"
+    # A measured figure stands beside the paper's only when the paper's protocol produced it.
+    comparable = {(r.task, r.dataset, r.metric): r.value for r in measured
+                  if r.protocol == "paper" and r.variant == "concat"}
+    paper_rows = [{**row, "measured": comparable.get((row["task"], row["dataset"],
+                                                      row["metric"]))} for row in paper_rows]
     card = ModelCard.from_template(
         card_data,
         template_str=template_text(),

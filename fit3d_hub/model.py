@@ -182,6 +182,75 @@ class FiT3D(nn.Module):
         """``(B, 3, H, W)`` -> ``(B, out_channels, H/p, W/p)``."""
         return self.forward_features(x).features
 
+    def _branches(self) -> list[nn.Module]:
+        return [m for m, used in ((self.original, self._mode in ("concat", "original")),
+                                  (self.finetuned, self._mode in ("concat", "finetuned"))) if used]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._branches()[0].blocks)
+
+    def _check_indices(self, indices: int | list[int] | tuple[int, ...] | None) -> None:
+        n = self.num_blocks
+        if indices is None:
+            return
+        if isinstance(indices, int):
+            if not 1 <= indices <= n:
+                raise ValueError(f"indices={indices}: an int takes the last n blocks; expected "
+                                 f"1..{n} for this {n}-block backbone")
+            return
+        bad = [i for i in indices if not -n <= int(i) < n]
+        if bad or not len(indices):
+            raise ValueError(f"indices={list(indices)}: expected block indices in "
+                             f"{-n}..{n - 1} for this {n}-block backbone")
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's ``VisionTransformer.forward_intermediates`` for the pair.
+
+        Each intermediate is the branches' maps concatenated on the channel axis
+        (``[original | finetuned]`` in ``"concat"`` mode, one branch in the others), as are
+        the prefix tokens and the final (normed) tokens. ``indices``: the last n blocks for
+        an int, those blocks for a list, all for ``None``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC'; got {output_fmt!r}")
+        self._check_indices(indices)
+        x = self._prepare(x)
+        outs = [vit.forward_intermediates(
+            x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm,
+            stop_early=stop_early, output_fmt=output_fmt, intermediates_only=intermediates_only)
+            for vit in self._branches()]
+        layers = [o if intermediates_only else o[1] for o in outs]
+        axis = 1 if output_fmt == "NCHW" else -1
+        merged = []
+        for per_layer in zip(*layers, strict=True):
+            if return_prefix_tokens:
+                merged.append((torch.cat([m for m, _ in per_layer], dim=axis),
+                               torch.cat([p for _, p in per_layer], dim=-1)))
+            else:
+                merged.append(torch.cat(per_layer, dim=axis))
+        if intermediates_only:
+            return merged
+        return torch.cat([o[0] for o in outs], dim=-1), merged
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's pruning, applied to both branches (blocks after the last index dropped)."""
+        self._check_indices(indices)
+        kept = [vit.prune_intermediate_layers(indices, prune_norm=prune_norm,
+                                              prune_head=prune_head)
+                for vit in (self.original, self.finetuned) if vit is not None]
+        return kept[0]
+
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, include_base: bool | None = None,
                         card: str | None = None) -> Path:

@@ -29,7 +29,7 @@ def test_released_backbone_card_carries_paper_figures_as_the_papers():
     assert "paper" in nyu.metric_name
     assert results[("KITTI", "rmse")].metric_value == 2.91
     assert "as reported by the paper" in card.text
-    assert "| depth-estimation | ScanNet++ | RMSE | 0.374 | 0.336 |" in card.text
+    assert "| depth-estimation | ScanNet++ | RMSE | 0.374 | 0.336 | - |" in card.text
     assert 'load_fit3d("someone/fit3d-dinov2-small")' in card.text
 
 
@@ -69,7 +69,25 @@ def test_measured_results_are_added_and_labelled(tiny_pair, tmp_path):
     assert names["mIoU (measured, concat)"].metric_value == 41.5
     assert names["APE (measured, finetuned)"].source_name == "measured with fit3d-hub"
     assert "Results measured with fit3d-hub" in card.text
-    assert "| semantic-segmentation | Synthetic | mIoU | concat | 41.5 |" in card.text
+    assert "| semantic-segmentation | Synthetic | mIoU | concat | unspecified | 41.5 |" \
+        in card.text
+
+
+def test_measured_figure_beside_the_papers_only_with_the_paper_protocol(tmp_path):
+    config = registry_config(get_spec("dinov2_small"))
+    rows = [{"task": "semantic-segmentation", "dataset": "nyuv2", "dataset_name": "NYUv2",
+             "metric": "mIoU", "value": 67.1, "variant": "concat"},
+            {"task": "depth-estimation", "dataset": "kitti", "dataset_name": "KITTI",
+             "metric": "RMSE", "value": 2.95, "variant": "concat"}]
+    quick, paper = tmp_path / "quick.json", tmp_path / "paper.json"
+    quick.write_text(json.dumps({"protocol": "quick", "results": rows}))
+    paper.write_text(json.dumps({"protocol": "paper", "results": rows[:1]}))
+    text = render_card(config, results=load_results(quick))
+    assert "| semantic-segmentation | NYUv2 | mIoU | 65.55 | 67.5 | - |" in text
+    assert "| semantic-segmentation | NYUv2 | mIoU | concat | quick | 67.1 |" in text
+    text = render_card(config, results=load_results(paper))
+    assert "| semantic-segmentation | NYUv2 | mIoU | 65.55 | 67.5 | 67.1 |" in text
+    assert "| depth-estimation | KITTI | RMSE | 3.03 | 2.91 | - |" in text
 
 
 def test_other_weights_do_not_claim_the_papers_results():
@@ -78,7 +96,7 @@ def test_other_weights_do_not_claim_the_papers_results():
                          "patch_size": 14, "embed_dim": 384})
     card = render_card(config)
     assert not ModelCard(card).data.eval_results  # nothing claimed in the model-index
-    assert "| semantic-segmentation | NYUv2 | mIoU | 65.55 | 67.5 |" in card
+    assert "| semantic-segmentation | NYUv2 | mIoU | 65.55 | 67.5 | - |" in card
     assert "not with the weights in this repo" in card
 
 

@@ -149,7 +149,7 @@ def test_card_command_adds_measured_results(capsys, tiny_pair, tmp_path):
     code, _, _ = run(capsys, "card", str(tmp_path), "--results", str(results))
     assert code == 0
     text = (tmp_path / "README.md").read_text()
-    assert "| depth-estimation | synthetic | RMSE | concat | 0.25 |" in text
+    assert "| depth-estimation | synthetic | RMSE | concat | unspecified | 0.25 |" in text
     code, _, err = run(capsys, "card", str(tmp_path / "nope"))
     assert code == 1 and "config.json: missing" in err
 
