@@ -347,6 +347,9 @@ def _train_probe(model: FiT3D, data: ProbeDataset, task: str,
                       desc="train features") if cache and not paper else None
     t_extract = time.perf_counter() - t0
     heads = ProbeHeads(task, model.embed_dim, data)
+    if accelerator is not None and accelerator.num_processes > 1 \
+            and accelerator.device.type == "cuda":
+        heads = torch.nn.SyncBatchNorm.convert_sync_batchnorm(heads)  # the configs' SyncBN
     optimizer = torch.optim.AdamW(heads.parameters(), lr=protocol.lr,
                                   weight_decay=protocol.weight_decay)
     if accelerator is not None:
