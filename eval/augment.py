@@ -126,18 +126,25 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.nd
     return img
 
 
-def pad_to(array: np.ndarray, size: tuple[int, int], value: float) -> np.ndarray:
-    """Pad bottom and right up to (h, w), as mmseg's Pad does."""
+def pad_to(array: np.ndarray, size: tuple[int, int], value) -> np.ndarray:
+    """Pad bottom and right up to (h, w), as mmseg's Pad does; ``value`` per channel or one."""
     dh, dw = max(size[0] - array.shape[0], 0), max(size[1] - array.shape[1], 0)
     if not dh and not dw:
         return array
-    widths = ((0, dh), (0, dw)) + (((0, 0),) if array.ndim == 3 else ())
-    return np.pad(array, widths, constant_values=value)
+    out = np.empty((array.shape[0] + dh, array.shape[1] + dw, *array.shape[2:]), array.dtype)
+    out[...] = np.asarray(value, dtype=array.dtype)
+    out[:array.shape[0], :array.shape[1]] = array
+    return out
 
 
 def seg_train_view(image: np.ndarray, label: np.ndarray, protocol: SegProtocol,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (image, label) pair of the paper's segmentation pipeline."""
+                   rng: np.random.Generator, fill: tuple[float, float, float] = (0, 0, 0)
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (image, label) pair of the paper's segmentation pipeline.
+
+    ``fill`` pads the image: the normalisation mean (x 255) makes padded pixels 0 after
+    normalising, as mmseg's ``Pad`` after ``Normalize`` leaves them.
+    """
     image = image.astype(np.float32)
     ratio = rng.uniform(*protocol.ratio_range)
     bound = (int(protocol.scale[0] * ratio), int(protocol.scale[1] * ratio))
@@ -149,7 +156,7 @@ def seg_train_view(image: np.ndarray, label: np.ndarray, protocol: SegProtocol,
         image, label = image[:, ::-1], label[:, ::-1]
     if protocol.photometric:
         image = photometric_distortion(image, rng)
-    return (pad_to(np.ascontiguousarray(image), protocol.crop, 0.0),
+    return (pad_to(np.ascontiguousarray(image), protocol.crop, fill),
             pad_to(np.ascontiguousarray(label), protocol.crop, IGNORE))
 
 
@@ -191,8 +198,10 @@ def depth_pre_crop(image: np.ndarray, depth: np.ndarray | None, kind: str | None
 
 
 def depth_train_view(image: np.ndarray, depth: np.ndarray, protocol: DepthProtocol,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (image, depth) pair of the paper's depth pipeline."""
+                     rng: np.random.Generator, fill: tuple[float, float, float] = (0, 0, 0)
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (image, depth) pair of the paper's depth pipeline (its crops always fit
+    the authors' datasets; smaller images are padded with ``fill`` and unknown depth)."""
     image, depth = depth_pre_crop(image.astype(np.float32), depth, protocol.pre_crop)
     rotate_now = rng.random() < protocol.rotate_prob
     degree = rng.uniform(-protocol.rotate_degree, protocol.rotate_degree)
@@ -206,7 +215,7 @@ def depth_train_view(image: np.ndarray, depth: np.ndarray, protocol: DepthProtoc
         gamma = rng.uniform(*protocol.gamma_range)
         brightness = rng.uniform(*protocol.brightness_range)
         image = color_aug(image, gamma, brightness, rng.uniform(*protocol.color_range, size=3))
-    return (pad_to(np.ascontiguousarray(image), protocol.crop, 0.0),
+    return (pad_to(np.ascontiguousarray(image), protocol.crop, fill),
             pad_to(np.ascontiguousarray(depth), protocol.crop, 0.0))
 
 

@@ -42,7 +42,13 @@ from eval.augment import (
 )
 from eval.datasets import IGNORE, DatasetError, Item, ProbeDataset, open_dataset
 from eval.metrics import confusion_matrix, depth_metric_rows, mean_rows, segmentation_metrics
-from eval.probe_heads import DepthHead, SegmentationHead, gradient_loss, sig_loss
+from eval.probe_heads import (
+    DepthHead,
+    SegmentationHead,
+    cross_entropy,
+    gradient_loss,
+    grouped_sig_loss,
+)
 from eval.protocols import (
     PROTOCOLS,
     DepthProtocol,
@@ -177,10 +183,10 @@ def head_loss(task: str, preds: dict[str, torch.Tensor], batch: Batch,
     total = 0.0
     for v in VARIANTS:
         if task == "seg":
-            total = total + F.cross_entropy(preds[v], batch.label, ignore_index=IGNORE)
+            total = total + cross_entropy(preds[v], batch.label, IGNORE)
         else:
-            total = total + sig_loss(preds[v], batch.depth,
-                                     warm_up=step < protocol.sigloss_warmup)
+            total = total + grouped_sig_loss(preds[v], batch.depth, protocol.images_per_loss,
+                                             warm_up=step < protocol.sigloss_warmup)
             if protocol.gradient_weight:
                 total = total + protocol.gradient_weight * gradient_loss(preds[v], batch.depth)
     return total
@@ -201,12 +207,13 @@ class PaperBatches:
     @torch.no_grad()
     def __call__(self, picks: np.ndarray) -> Batch:
         images, targets = [], []
+        fill = tuple(255.0 * m for m in self.model.normalization[0])  # 0 once normalised
         for i in picks:
             image, label, depth = self.data.load(self.items[i])
             if self.task == "seg":
-                img, target = seg_train_view(image, label, self.protocol, self.rng)
+                img, target = seg_train_view(image, label, self.protocol, self.rng, fill)
             else:
-                img, target = depth_train_view(image, depth, self.protocol, self.rng)
+                img, target = depth_train_view(image, depth, self.protocol, self.rng, fill)
             images.append(img)
             targets.append(torch.from_numpy(np.ascontiguousarray(target)))
         device = next(self.model.parameters()).device
@@ -381,7 +388,9 @@ def _train_probe(model: FiT3D, data: ProbeDataset, task: str,
         optimizer.zero_grad(set_to_none=True)
         (accelerator.backward(loss) if accelerator else loss.backward())
         if getattr(protocol, "grad_clip", None):
-            torch.nn.utils.clip_grad_norm_(heads.parameters(), protocol.grad_clip)
+            # one clip per head: the authors train each variant's head in its own run
+            for head in (accelerator.unwrap_model(heads) if accelerator else heads).heads.values():
+                torch.nn.utils.clip_grad_norm_(head.parameters(), protocol.grad_clip)
         optimizer.step()
     t_train = time.perf_counter() - t1
     unwrapped = accelerator.unwrap_model(heads) if accelerator else heads

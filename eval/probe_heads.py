@@ -16,6 +16,8 @@ class SegmentationHead(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm2d(channels)
         self.conv = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv.weight, std=0.01)  # mmseg's conv_seg initialisation
+        nn.init.zeros_(self.conv.bias)
 
     def forward(self, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         logits = self.conv(self.bn(feats))
@@ -46,6 +48,20 @@ class DepthHead(nn.Module):
         if not self.training:
             depth = depth.clamp(self.min_depth, self.max_depth)
         return F.interpolate(depth, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore: int = 255) -> torch.Tensor:
+    """mmseg's CrossEntropyLoss (``avg_non_ignore=False``): ignored pixels add zero but count
+    in the mean over all pixels."""
+    return F.cross_entropy(logits, label, ignore_index=ignore, reduction="sum") / label.numel()
+
+
+def grouped_sig_loss(pred: torch.Tensor, gt: torch.Tensor, group: int, warm_up: bool = False
+                     ) -> torch.Tensor:
+    """SigLoss over consecutive groups of ``group`` images, averaged (each GPU's share)."""
+    parts = [sig_loss(pred[i:i + group], gt[i:i + group], warm_up)
+             for i in range(0, len(pred), group)]
+    return torch.stack(parts).mean()
 
 
 def sig_loss(pred: torch.Tensor, gt: torch.Tensor, warm_up: bool = False) -> torch.Tensor:

@@ -58,6 +58,9 @@ class DepthProtocol:
     one_cycle_momentum: bool = False
     """mmcv's OneCycle momentum: Adam's beta1 0.95 -> 0.85 over the first 30%, then back."""
     sigloss_warmup: int = 100
+    images_per_loss: int = 2
+    """SigLoss runs over each GPU's 2 images and DDP averages: its variance term sees 2 images
+    at a time, whatever the global batch."""
     gradient_weight: float = 0.0
     """The configs say 0.5, but the toolbox's gradient loss is identically zero at 2 images
     per GPU (eval/probe_heads.py), so the authors' probes trained on SigLoss alone."""

@@ -104,6 +104,16 @@ def test_held_out_view_rule():
     assert training_views(["test", "test"], hold_out_test=True) == [0, 1]  # never empty
 
 
+def test_stage2_leaves_test_frames_out_as_the_authors_stage2_does():
+    from training.finetuning.data import stage2_views
+
+    meta = {"views": 5, "training_views": [0, 1, 2, 3, 4],
+            "splits": ["test", "train", "train", "train", "test"]}
+    assert stage2_views(meta) == [1, 2, 3]  # Stage 1 saw the test frames, Stage 2 does not
+    assert stage2_views({**meta, "training_views": [1, 3]}) == [1, 3]
+    assert stage2_views({"views": 4}, holdout_every=2) == [1, 3]  # an older lifted file
+
+
 def test_stage2_trains_on_the_views_stage1_recorded(lifted):
     from training.finetuning.data import LiftedStore, pair_scenes
 

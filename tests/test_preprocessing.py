@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -42,8 +43,9 @@ def test_preprocess_is_the_authors_rule_floor_bilinear_then_imagenet_normalisati
     assert resize_images(x, (8, 8)) is x
 
 
-def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path):
-    scene_dir = generate(tmp_path / "scenes", scenes=1, views=4, size=48, seed=0)[0]
+@pytest.mark.parametrize("downscale", [1.0, 2.0])
+def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path, downscale):
+    scene_dir = generate(tmp_path / "scenes", scenes=1, views=4, size=96, seed=0)[0]
     scene = load_scene(scene_dir)
     torch.manual_seed(0)
     vit = create_vit("vit_small_patch8_224", {"embed_dim": 16, "depth": 1, "num_heads": 2,
@@ -57,16 +59,18 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path):
         return forward(x)
 
     teacher.forward_features = recording
-    images = [load_image(f.image_path) for f in scene.frames]
+    cam = scene.frames[0].camera.scaled(downscale)
+    size = (cam.width, cam.height)
+    # what training.lift feeds the teacher: the images at the downscaled size
+    images = [load_image(f.image_path, size) for f in scene.frames]
     compute_teacher_features(teacher, images)
-    teacher_input = seen[0]
+    teacher_input = torch.cat(seen)
 
     gaussians = FeatureGaussians.initialise(scene, feature_dim=8, teacher_dim=16, sh_degree=0,
                                             max_points=300)
-    cam = scene.frames[0].camera
     save_lifted(output_path(tmp_path / "lifted", scene.name), gaussians,
                 {"views": len(scene.frames), "image_size": [cam.width, cam.height],
-                 "downscale": 1.0})
+                 "downscale": downscale})
     lifted = load_lifted_scene(output_path(tmp_path / "lifted", scene.name), scene_dir)
     transform = get_transform(teacher)
     for view in range(len(scene.frames)):
@@ -77,6 +81,7 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path):
         assert torch.equal(sample.image, one_path)
         assert torch.equal(sample.image, teacher_input[view])
         assert torch.equal(sample.image, teacher_inputs(teacher, [images[view]])[0])
+        assert sample.image.shape[-1] == cam.width // 8 * 8
         # ImageNet-normalised, not [0, 1]
         assert sample.image.min() < -0.5
     flipped = make_sample(lifted, 1, True, transform, "torch", torch.device("cpu"))

@@ -22,7 +22,7 @@ from eval.augment import (
 from eval.datasets import IGNORE, open_dataset
 from eval.linear_probe import VARIANTS, backbone_outputs, slide_logits, train_probe
 from eval.linear_probe import main as probe_main
-from eval.probe_heads import DepthHead, gradient_loss, sig_loss
+from eval.probe_heads import DepthHead, cross_entropy, gradient_loss, grouped_sig_loss, sig_loss
 from eval.protocols import PAPER_DEPTH, PAPER_SEG, beta1_at, lr_at, quick_depth
 from fit3d_hub import FiT3D
 from fit3d_hub.cards import load_results
@@ -64,6 +64,31 @@ def test_seg_training_view_keeps_image_and_label_aligned():
         inner = known & (np.abs(img[..., 0] - lab * 60.0) < 1e-3)
         assert inner.sum() > 0.5 * known.sum()
         assert (img[~known] == 0).all()  # padding: image 0, label ignored
+
+
+def test_seg_padding_is_the_normalised_zero():
+    rng = np.random.default_rng(3)
+    protocol = replace(PAPER_SEG, scale=(40, 10), ratio_range=(1.0, 1.0), crop=(24, 24),
+                       photometric=False, flip_prob=0.0)
+    mean = (0.485, 0.456, 0.406)
+    img, lab = seg_train_view(np.full((10, 40, 3), 200.0), np.zeros((10, 40), int), protocol,
+                              rng, fill=tuple(255 * m for m in mean))
+    padded = lab == IGNORE
+    assert padded.any()
+    np.testing.assert_allclose(img[padded] / 255 - np.array(mean), 0, atol=1e-6)
+
+
+def test_losses_average_as_the_authors_do():
+    logits = torch.randn(2, 3, 4, 4)
+    label = torch.randint(0, 3, (2, 4, 4))
+    label[0, :2] = IGNORE
+    per_pixel = torch.nn.functional.cross_entropy(logits, label, ignore_index=IGNORE,
+                                                  reduction="none")
+    assert float(cross_entropy(logits, label)) == pytest.approx(float(per_pixel.sum() / 32))
+    pred, gt = torch.rand(4, 5, 5) + 0.5, torch.rand(4, 5, 5) + 0.5
+    pairs = (sig_loss(pred[:2], gt[:2]) + sig_loss(pred[2:], gt[2:])) / 2
+    assert float(grouped_sig_loss(pred, gt, 2)) == pytest.approx(float(pairs))
+    assert float(grouped_sig_loss(pred, gt, 4)) == pytest.approx(float(sig_loss(pred, gt)))
 
 
 def test_photometric_distortion_and_hsv_round_trip():

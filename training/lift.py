@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-dim", type=int, default=64)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--downscale", type=float, default=1.0,
-                   help="divide image sizes by this factor (e.g. 2 for ScanNet++ as in the paper)")
+                   help="treat the images as downscaled by this factor (teacher, renders and "
+                   "Stage 2 alike): 1 for the authors' preprocessed ScanNet++ (already halved "
+                   "to 876x584), 2 for raw ScanNet++ DSLR images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-points", type=int, default=None,
                    help="at most this many initial Gaussians from the scene's points "
@@ -109,7 +111,10 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
              out_dir: Path, backbone: str, position: int = 0) -> dict:
     """Lift one scene and write its output; returns the metrics."""
     scene = load_scene(path)
-    images = [load_image(f.image_path) for f in scene.frames]
+    # --downscale acts as a preprocessing step that downscaled the files: teacher, renders
+    # and (in Stage 2) the trained backbone all see the images at that size.
+    size = scene.frames[0].camera.scaled(config.downscale)
+    images = [load_image(f.image_path, (size.width, size.height)) for f in scene.frames]
     feats = compute_teacher_features(teacher, images, device=device)
     views = SceneViews.load(scene, feats, config.downscale, device, images=images)
     bar = tqdm(total=config.iterations, desc=scene.name, position=position, leave=True,
@@ -133,6 +138,7 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
         "image_size": [views.width, views.height], "downscale": config.downscale,
         "sh_degree": config.sh_degree, "views": len(scene.frames),
         "training_views": scene_training_views(scene, config),
+        "splits": [f.split for f in scene.frames],
         "metrics": result.metrics, "config": config.to_json(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }

@@ -78,23 +78,20 @@ def image_size(path: Path) -> tuple[int, int]:
         raise SceneError(f"{path}: not a readable image ({err})") from None
 
 
-def load_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as stored in the file."""
+def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as stored, or resized (bicubic, antialiased) to ``size`` =
+    (width, height): the image as a preprocessing step that downscaled the files would have
+    stored it."""
     with Image.open(path) as img:
-        return np.array(img.convert("RGB"))
-
-
-def rgb_at(image: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A uint8 image as (H, W, 3) float32 in [0, 1], resized (bicubic, as 3DGS loads its
-    training images) to ``size`` = (width, height) if given."""
-    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
-        image = np.asarray(Image.fromarray(image).resize(tuple(size), Image.BICUBIC))
-    return image.astype(np.float32) / 255.0
+        img = img.convert("RGB")
+        if size is not None and img.size != tuple(size):
+            img = img.resize(tuple(size), Image.BICUBIC)
+        return np.array(img)
 
 
 def load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1], resized to ``size`` = (width, height) if given."""
-    return rgb_at(load_image(path), size)
+    return load_image(path, size).astype(np.float32) / 255.0
 
 
 def load_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

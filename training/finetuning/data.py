@@ -20,16 +20,16 @@ class LiftedDataError(ValueError):
 
 @dataclass
 class LiftedScene:
-    """One scene's feature Gaussians, decoder, cameras (at the lifted render size) and its
-    images and masks as stored (uint8 / bool, CPU)."""
+    """One scene's feature Gaussians, decoder, cameras, images and masks (uint8 / bool, CPU),
+    all at Stage 1's size (the stored size divided by its ``--downscale``)."""
 
     name: str
     gaussians: FeatureGaussians
     meta: dict
     viewmats: torch.Tensor  # (V, 4, 4) OpenCV world-to-camera
-    Ks: torch.Tensor  # (V, 3, 3) at the lifted render size
-    images: torch.Tensor  # (V, H, W, 3) uint8 at file resolution
-    masks: torch.Tensor | None  # (V, H, W) bool at file resolution: True = pixel kept
+    Ks: torch.Tensor  # (V, 3, 3)
+    images: torch.Tensor  # (V, H, W, 3) uint8
+    masks: torch.Tensor | None  # (V, H, W) bool: True = pixel kept
 
     @property
     def num_views(self) -> int:
@@ -40,6 +40,15 @@ class LiftedScene:
         """(width, height) of the lifted renders (Stage 1's image size)."""
         width, height = self.meta["image_size"]
         return int(width), int(height)
+
+
+def stage2_views(meta: dict, holdout_every: int = 0) -> list[int]:
+    """The views Stage 1 trained on (its record) that are not test frames: the authors'
+    Stage 2 only has camera records for ``frames``. ``holdout_every`` applies only to lifted
+    files written before the record existed."""
+    splits = meta.get("splits") or ["train"] * meta["views"]
+    views = meta.get("training_views") or training_views(splits, holdout_every)
+    return [v for v in views if splits[v] != "test"]
 
 
 def available_memory() -> int:
@@ -75,14 +84,12 @@ def pair_scenes(lifted_dir: Path, scenes: list[Path]) -> list[tuple[Path, Path]]
 
 
 def estimate_bytes(pairs: list[tuple[Path, Path]]) -> int:
-    """Memory the preloaded scenes take: the lifted tensors plus the stored uint8 images
-    (and masks) at file resolution, ``downscale`` times Stage 1's render size."""
+    """Memory the preloaded scenes take: the lifted tensors plus uint8 images and masks."""
     total = 0
     for lifted, _ in pairs:
         meta = read_meta(lifted)
         width, height = meta["image_size"]
-        pixels = width * height * float(meta.get("downscale", 1.0)) ** 2
-        total += lifted.stat().st_size + int(meta["views"] * pixels * 4)
+        total += lifted.stat().st_size + meta["views"] * width * height * 4
     return total
 
 
@@ -103,12 +110,13 @@ def load_lifted_scene(lifted: Path, scene_dir: Path) -> LiftedScene:
         raise LiftedDataError(f"{lifted}: lifted from {meta['views']} views but {scene_dir} "
                               f"has {len(scene.frames)}; re-run training.lift")
     cams = [f.camera.scaled(meta.get("downscale", 1.0)) for f in scene.frames]
-    images = np.stack([load_image(f.image_path) for f in scene.frames])
+    size = (cams[0].width, cams[0].height)
+    images = np.stack([load_image(f.image_path, size) for f in scene.frames])
     masks = None
     if any(f.mask_path for f in scene.frames):
         masks = torch.from_numpy(np.stack([
-            load_mask(f.mask_path, (f.camera.width, f.camera.height)) if f.mask_path
-            else np.ones((f.camera.height, f.camera.width), bool) for f in scene.frames]))
+            load_mask(f.mask_path, size) if f.mask_path else np.ones(size[::-1], bool)
+            for f in scene.frames]))
     gaussians.requires_grad_(False)
     return LiftedScene(scene.name, gaussians, meta,
                        torch.tensor(np.stack([c.w2c for c in cams]), dtype=torch.float32),
@@ -134,11 +142,7 @@ class LiftedStore:
         return len(self.pairs)
 
     def training_views(self, holdout_every: int = 0) -> list[list[int]]:
-        """Per scene, the views Stage 1 trained on (its record); ``holdout_every`` applies
-        only to lifted files written before the record existed."""
-        return [meta.get("training_views") or training_views(["train"] * meta["views"],
-                                                              holdout_every)
-                for meta in self.metas]
+        return [stage2_views(meta, holdout_every) for meta in self.metas]
 
     def scene(self, index: int) -> LiftedScene:
         if index not in self._cache:

@@ -7,6 +7,9 @@ import torch
 from training.lifting.torch_rasterizer import rasterize_torch
 
 BACKENDS = ("auto", "gsplat", "torch")
+NEAR_PLANE = 0.2
+"""Gaussians closer to the camera are culled: 3DGS's ``in_frustum`` (z <= 0.2), which the
+authors' rasterizer keeps (gsplat's own default is 0.01)."""
 
 
 def gsplat_available() -> bool:
@@ -42,14 +45,14 @@ def rasterize(backend: str, means: torch.Tensor, quats: torch.Tensor, scales: to
     """
     if backend == "torch":
         return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width,
-                               height, sh_degree=sh_degree)
+                               height, sh_degree=sh_degree, near_plane=NEAR_PLANE)
     if backend == "gsplat":
         from gsplat import rasterization
 
         channels = colors.shape[-1]
         return rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            sh_degree=sh_degree, packed=False,
+            sh_degree=sh_degree, packed=False, near_plane=NEAR_PLANE,
             # one launch for all feature channels (gsplat's default chunk is 32)
             channel_chunk=max(32, channels),
         )
@@ -71,7 +74,7 @@ def rasterize_rgb_and_features(backend: str, means: torch.Tensor, quats: torch.T
     if backend == "torch":
         rgb, alpha, info = rasterize_torch(means, quats, scales, opacities, sh_coeffs, viewmats,
                                            Ks, width, height, sh_degree=sh_degree,
-                                           detached_features=features)
+                                           near_plane=NEAR_PLANE, detached_features=features)
         return rgb, alpha, info.pop("features"), info
     rgb, alpha, info = rasterize(backend, means, quats, scales, opacities, sh_coeffs, viewmats,
                                  Ks, width, height, sh_degree=sh_degree)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from training.data.scene import Scene, load_image, load_mask, rgb_at, training_views
+from training.data.scene import Scene, load_image, load_mask, training_views
 from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
 from training.lifting.losses import feature_loss, fill_masked, psnr, rgb_loss
 from training.lifting.rasterize import rasterize_rgb_and_features
@@ -69,12 +69,12 @@ class SceneViews:
     @classmethod
     def load(cls, scene: Scene, teacher: torch.Tensor, downscale: float,
              device: torch.device, images: list[np.ndarray] | None = None) -> SceneViews:
-        """``images`` (the views as stored, uint8) are reused if given, else read."""
+        """``images`` (uint8, already at the downscaled size) are reused if given, else read."""
         cams = [f.camera.scaled(downscale) for f in scene.frames]
         size = (cams[0].width, cams[0].height)
         if images is None:
-            images = [load_image(f.image_path) for f in scene.frames]
-        images = np.stack([rgb_at(im, size) for im in images])
+            images = [load_image(f.image_path, size) for f in scene.frames]
+        images = np.stack(images).astype(np.float32) / 255.0
         masks = None
         if any(f.mask_path for f in scene.frames):
             masks = torch.from_numpy(np.stack([
@@ -161,7 +161,8 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
         if not queue:
             queue = list(rng.permutation(order))
         index = int(queue.pop())
-        degree = min(step // config.sh_degree_interval, config.sh_degree)
+        # the authors raise the degree at their 1-based iteration k * interval
+        degree = min((step + 1) // config.sh_degree_interval, config.sh_degree)
         out = render_views(gaussians, views, index, backend, degree)
         strategy.step_pre_backward(gaussians.splats, optimizers, state, step, out["info"])
         l_rgb, l_feat = step_losses(out, views, index, config)
@@ -170,10 +171,12 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
             raise LiftError(f"{scene.root}: loss became {float(loss)} at step {step} "
                             f"(rgb {float(l_rgb):.4g}, feature {float(l_feat):.4g})")
         loss.backward()
+        # densify, prune and reset before the optimiser step, as the authors' loop does
+        # (tensors the strategy replaces skip this step's update)
+        strategy.step_post_backward(gaussians.splats, optimizers, state, step, out["info"])
         for opt in (*optimizers.values(), decoder_opt):
             opt.step()
             opt.zero_grad(set_to_none=True)
-        strategy.step_post_backward(gaussians.splats, optimizers, state, step, out["info"])
         for group in optimizers["means"].param_groups:
             group["lr"] *= decay
         last = step == config.iterations - 1
