@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fit3d_hub import get_transform, load_fit3d  # noqa: E402
-from training.data.scene import load_scene  # noqa: E402
-from training.data.synthetic import generate  # noqa: E402
-from training.finetuning.data import load_lifted_scene  # noqa: E402
+from scenes.load import load_scene  # noqa: E402
+from scenes.synthetic import generate  # noqa: E402
+from training.finetuning.data import find_lifted, load_lifted_scene  # noqa: E402
 from training.finetuning.targets import make_sample, masked_l1  # noqa: E402
 from training.finetuning.trainer import PatchFeatures  # noqa: E402
 from training.lifting.gaussians import FeatureGaussians  # noqa: E402
@@ -60,9 +60,9 @@ def main() -> None:
                                         sh_degree=3, max_points=args.gaussians)
         cam = scene.frames[0].camera
         save_lifted(output_path(tmp, scene.name), g,
-                    {"views": len(scene.frames), "image_size": [cam.width, cam.height],
-                     "downscale": 1.0})
-        lifted = load_lifted_scene(output_path(tmp, scene.name), scene_dir)
+                    {"scene": scene.name, "scene_path": str(scene_dir), "views":
+                     len(scene.frames), "image_size": [cam.width, cam.height], "downscale": 1.0})
+        lifted = load_lifted_scene(find_lifted(Path(tmp))[0])
     model = PatchFeatures(vit)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)
     transform = get_transform(teacher)

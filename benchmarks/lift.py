@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fit3d_hub import load_fit3d  # noqa: E402
-from training.data.scene import Scene, load_image, load_scene  # noqa: E402
-from training.data.synthetic import generate  # noqa: E402
+from scenes.load import load_scene  # noqa: E402
+from scenes.synthetic import generate  # noqa: E402
+from scenes.types import Scene  # noqa: E402
+from scenes.views import load_views  # noqa: E402
 from training.lifting.rasterize import gsplat_available  # noqa: E402
 from training.lifting.teacher import compute_teacher_features  # noqa: E402
 from training.lifting.trainer import LiftConfig, SceneViews, lift_scene  # noqa: E402
@@ -48,7 +50,7 @@ def make_views(size: int, device: torch.device, workdir: Path, points: int,
     scene = load_scene(path)
     h, w = scene.frames[0].camera.height, scene.frames[0].camera.width
     teacher = torch.randn(len(scene.frames), teacher_dim, max(1, h // 14), max(1, w // 14))
-    return scene, SceneViews.load(scene, teacher.half(), 1.0, device)
+    return scene, SceneViews.from_images(load_views(scene), teacher.half(), device)
 
 
 def iterations_per_second(scene: Scene, views: SceneViews, gaussians: int, backend: str,
@@ -71,9 +73,9 @@ def teacher_cache_ratio(device: torch.device, workdir: Path, size: int, repeats:
     teacher = load_fit3d("dinov2_small", pretrained=False, mode="original", device=device)
     path = generate(workdir / "teacher", scenes=1, views=4, size=size, seed=1, points=5000)[0]
     scene = load_scene(path)
-    images = [load_image(f.image_path) for f in scene.frames]
+    images = load_views(scene).images
     feats = compute_teacher_features(teacher, images, device=device)
-    views = SceneViews.load(scene, feats, 1.0, device)
+    views = SceneViews.from_images(load_views(scene), feats, device)
     step = LiftConfig(iterations=1, max_points=5000, refine_start_iter=10**9,
                       refine_stop_iter=10**9 + 1)
     cached, recomputed = [], []
@@ -84,7 +86,7 @@ def teacher_cache_ratio(device: torch.device, workdir: Path, size: int, repeats:
             _sync(device)
             start = time.perf_counter()
             if mode == "recompute":
-                compute_teacher_features(teacher, images[i % len(images):][:1], device=device)
+                compute_teacher_features(teacher, images[i % len(images)][None], device=device)
             lift_scene(scene, views, step, backend=backend, device=device)
             _sync(device)
             (recomputed if mode == "recompute" else cached).append(time.perf_counter() - start)

@@ -24,8 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data.scene import load_image, load_scene  # noqa: E402
-from training.data.synthetic import generate  # noqa: E402
+from scenes.load import load_scene  # noqa: E402
+from scenes.synthetic import generate  # noqa: E402
+from scenes.views import load_views  # noqa: E402
 from training.demo import demo_backbone  # noqa: E402
 from training.lift import schedule_for  # noqa: E402
 from training.lifting.gaussians import SHORT_RUN_RATES, LearningRates  # noqa: E402
@@ -71,9 +72,9 @@ def main() -> None:
         scenes = [load_scene(d) for d in dirs]
         views = []
         for scene in scenes:
-            feats = compute_teacher_features(teacher, [load_image(f.image_path)
-                                                       for f in scene.frames])
-            views.append(SceneViews.load(scene, feats, 1.0, cpu))
+            images = load_views(scene)
+            views.append(SceneViews.from_images(
+                images, compute_teacher_features(teacher, images.images), cpu))
         for iterations in (int(v) for v in args.iterations.split(",")):
             for label, rates in SETTINGS.items():
                 config = LiftConfig(iterations=iterations, max_points=2000, lr=rates,

@@ -22,7 +22,7 @@ from eval.datasets import open_dataset  # noqa: E402
 from eval.linear_probe import train_probe  # noqa: E402
 from eval.protocols import quick_depth, quick_seg  # noqa: E402
 from fit3d_hub import load_fit3d  # noqa: E402
-from training.data.synthetic import generate  # noqa: E402
+from scenes.synthetic import generate  # noqa: E402
 
 
 def main() -> None:

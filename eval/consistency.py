@@ -1,51 +1,16 @@
 """Multi-view consistency of dense features: do pixels that see the same 3D point agree?
 
-Pure functions. Correspondences come from depth and poses (back-project in view A, project
-into view B, keep points that B's depth says are visible). A feature map covers its whole
-image, so a pixel's feature is sampled bilinearly at its relative position.
+Pure functions over ground-truth correspondences (``scenes.correspondence``). A feature map
+covers its whole image, so a pixel's feature is sampled bilinearly at its relative position.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data.cameras import Camera
-
-
-@dataclass(frozen=True)
-class Correspondences:
-    """Pixel positions (N, 2) in views A and B that see the same surface point."""
-
-    uv_a: np.ndarray
-    uv_b: np.ndarray
-
-
-def correspondences(cam_a: Camera, depth_a: np.ndarray, cam_b: Camera, depth_b: np.ndarray,
-                    *, stride: int = 2, tolerance: float = 0.03) -> Correspondences:
-    """Ground-truth matches from A to B with an occlusion check against B's depth.
-
-    ``tolerance`` is relative: a point is visible in B if B's depth there is within
-    ``tolerance * z``.
-    """
-    h, w = depth_a.shape
-    ys, xs = np.mgrid[0:h:stride, 0:w:stride]
-    ys, xs = ys.ravel(), xs.ravel()
-    z_a = depth_a[ys, xs]
-    valid = z_a > 0
-    uv_a = np.stack([xs + 0.5, ys + 0.5], -1)[valid].astype(np.float64)
-    world = cam_a.unproject(uv_a, z_a[valid])
-    uv_b, z_b = cam_b.project(world)
-    cols, rows = np.floor(uv_b[:, 0]).astype(int), np.floor(uv_b[:, 1]).astype(int)
-    inside = (z_b > 0) & (cols >= 0) & (cols < depth_b.shape[1]) & (rows >= 0) \
-        & (rows < depth_b.shape[0])
-    seen = np.zeros_like(inside)
-    seen[inside] = np.abs(depth_b[rows[inside], cols[inside]] - z_b[inside]) \
-        < tolerance * z_b[inside]
-    return Correspondences(uv_a[seen], uv_b[seen])
+from scenes.correspondence import Correspondences
 
 
 def sample_features(features: torch.Tensor, uv: np.ndarray, width: int, height: int

@@ -33,11 +33,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.consistency import correspondences, sample_features
+from eval.consistency import sample_features
 from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics, relative_rotation_degrees
 from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
 from fit3d_hub.weights import write_text_atomic
-from training.data.scene import SceneError, load_depth, load_rgb, load_scene, scene_paths
+from scenes.correspondence import correspondences
+from scenes.io import load_depth, load_rgb
+from scenes.load import load_scene, scene_paths
+from scenes.types import SceneError
 
 VARIANTS = ("original", "finetuned", "concat")
 BASELINES = ("zero-motion", "identity")

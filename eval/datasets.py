@@ -18,7 +18,7 @@
   1..100 with 0 ignored (mmseg's reduce_zero_label), depth in mm, range up to 20 m.
 - kitti: ``eigen_train_files.txt`` / ``eigen_test_files.txt`` with lines
   ``<rgb path> <depth path> [focal]`` relative to PATH; sparse 16-bit depth PNG (/256 m).
-- synthetic: scene folders from ``training.data.synthetic`` (labels and depth); every 4th
+- synthetic: scene folders from ``scenes.synthetic`` (labels and depth); every 4th
   view is validation.
 """
 
@@ -245,7 +245,8 @@ def kitti(root: Path) -> ProbeDataset:
 
 
 def synthetic(root: Path) -> ProbeDataset:
-    from training.data.scene import SceneError, load_scene, scene_paths
+    from scenes.load import load_scene, scene_paths
+    from scenes.types import SceneError
 
     train, val = [], []
     try:

@@ -19,8 +19,7 @@ from fit3d_hub.loading import load_fit3d
 from fit3d_hub.model import FiT3D, FiT3DFeatures
 from fit3d_hub.registry import REGISTRY, BackboneSpec, list_models
 from fit3d_hub.transforms import FiT3DTransform, get_transform
-
-__version__ = "0.1.0"
+from fit3d_hub.version import __version__
 
 __all__ = [
     "REGISTRY",

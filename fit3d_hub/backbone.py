@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import timm
 from torch import nn
 
 from fit3d_hub.errors import UnknownModelError
+from fit3d_hub.weights import drop_prefixes, load_strict, read_state_dict
 
 
 def create_vit(architecture: str, model_args: Mapping[str, Any] | None = None,
@@ -42,3 +44,26 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     """Names of the classifier modules in a timm pretrained checkpoint (dropped: num_classes=0)."""
     classifier = model.pretrained_cfg.get("classifier", "head")
     return tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)
+
+
+def load_vit(architecture: str, model_args: Mapping[str, Any] | None = None,
+             pretrained_cfg: Mapping[str, Any] | None = None, weights: Path | None = None, *,
+             drop_classifier: bool = False, mean: Sequence[float] | None = None,
+             std: Sequence[float] | None = None) -> nn.Module:
+    """The one way to build a backbone from weights: :func:`create_vit`, then ``weights``
+    (safetensors, or a pickle read with ``weights_only=True``) loaded strictly.
+
+    ``drop_classifier`` for timm hub checkpoints, which carry a classification head.
+    ``mean``/``std`` go into timm's ``pretrained_cfg``, so its data config of the branch
+    names the statistics the weights expect.
+    """
+    vit = create_vit(architecture, model_args, pretrained_cfg)
+    if weights is not None:
+        state = read_state_dict(weights)
+        if drop_classifier:
+            state = drop_prefixes(state, classifier_prefixes(vit))
+        load_strict(vit, state, str(weights))
+    stats = {k: tuple(v) for k, v in (("mean", mean), ("std", std)) if v}
+    if stats:
+        vit.pretrained_cfg = {**vit.pretrained_cfg, **stats}
+    return vit.eval()

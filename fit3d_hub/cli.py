@@ -62,8 +62,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from fit3d_hub.cards import load_results, render_card
-    from fit3d_hub.repo_format import CARD_NAME, CONFIG_NAME, read_config
+    from fit3d_hub.cards import render_card
+    from fit3d_hub.results import load_results
+    from fit3d_hub.schema import CARD_NAME, CONFIG_NAME, read_config
     from fit3d_hub.weights import write_text_atomic
 
     directory = Path(args.directory)

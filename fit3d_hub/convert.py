@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from fit3d_hub.backbone import classifier_prefixes, create_vit
+from fit3d_hub.backbone import load_vit
 from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.loading import registry_config
 from fit3d_hub.model import FiT3D
 from fit3d_hub.registry import get_spec
-from fit3d_hub.repo_format import CONFIG_NAME
-from fit3d_hub.weights import drop_prefixes, load_strict, read_state_dict
+from fit3d_hub.schema import CONFIG_NAME
 
 
 def convert_checkpoint(source: str | Path, backbone: str, output: str | Path, *,
@@ -27,15 +27,15 @@ def convert_checkpoint(source: str | Path, backbone: str, output: str | Path, *,
     if (output / CONFIG_NAME).exists() and not overwrite:
         raise RepoFormatError(f"{output}: already holds a repo (config.json); pass "
                               "--overwrite to replace it")
-    finetuned = create_vit(spec.base_model, spec.model_args)
-    load_strict(finetuned, read_state_dict(source), str(source))
+    block = registry_config(spec).fit3d
+    finetuned = load_vit(spec.base_model, spec.model_args, weights=Path(source),
+                         mean=block.mean, std=block.std)
     original = None
     if base is not None:
-        original = create_vit(spec.base_model, spec.model_args)
-        state = drop_prefixes(read_state_dict(base), classifier_prefixes(original))
-        load_strict(original, state, str(base))
+        original = load_vit(spec.base_model, spec.model_args, weights=Path(base),
+                            drop_classifier=True, mean=block.mean, std=block.std)
     model = FiT3D(original, finetuned, mode="concat" if original is not None else "finetuned")
-    model.fit3d_config = dict(registry_config(spec).fit3d)
-    model.fit3d_config["training"] = {"release": "authors", "source": Path(source).name,
-                                      "converted_by": "fit3d-hub convert"}
+    model.fit3d_block = replace(block, training={"release": "authors",
+                                                 "source": Path(source).name,
+                                                 "converted_by": "fit3d-hub convert"})
     return model.save_pretrained(output, include_base=original is not None)

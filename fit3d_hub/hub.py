@@ -19,6 +19,7 @@ from huggingface_hub.errors import (
 )
 
 from fit3d_hub.errors import HubFileNotFoundError, NotCachedError, UnknownModelError
+from fit3d_hub.version import __version__
 
 LIBRARY_NAME = "fit3d-hub"
 # training.finetune keeps its Accelerate checkpoints inside the output repo folder; they are
@@ -54,8 +55,6 @@ def cache_location(cache_dir: str | Path | None) -> str:
 
 
 def _library_version() -> str:
-    from fit3d_hub import __version__
-
     return __version__
 
 

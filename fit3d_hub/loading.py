@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from fit3d_hub.backbone import classifier_prefixes, create_vit
+from fit3d_hub.backbone import load_vit
 from fit3d_hub.errors import HubFileNotFoundError, RepoFormatError, UnknownModelError
 from fit3d_hub.hub import HubFile, download_command, fetch
-from fit3d_hub.model import MODES, FiT3D
+from fit3d_hub.model import FiT3D
 from fit3d_hub.registry import BackboneSpec, get_spec, is_registered
-from fit3d_hub.repo_format import (
+from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
     CONFIG_NAME,
+    MODES,
     WEIGHTS_NAME,
     BaseRef,
+    Fit3DBlock,
     RepoConfig,
     read_config,
 )
-from fit3d_hub.weights import drop_prefixes, load_strict, read_state_dict
 
 
 @dataclass
@@ -44,19 +45,13 @@ def _is_pathlike(name: str) -> bool:
 
 def registry_config(spec: BackboneSpec) -> RepoConfig:
     """The repo config a registry entry stands for (the tagged timm id carries pretrained_cfg)."""
-    fit3d = {
-        "name": spec.name,
-        "base_model": spec.base_model,
-        "base": BaseRef(spec.base_repo).to_json(),
-        "patch_size": spec.patch_size,
-        "embed_dim": spec.embed_dim,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "training": ({"release": "authors",
-                      "source": f"{spec.finetuned_repo}:{spec.finetuned_file}"}
-                     if spec.has_finetuned_weights else {}),
-    }
-    return RepoConfig(spec.base_model, dict(spec.model_args), {}, fit3d)
+    block = Fit3DBlock(
+        name=spec.name, base_model=spec.base_model, base=BaseRef(spec.base_repo),
+        patch_size=spec.patch_size, embed_dim=spec.embed_dim, mean=spec.mean, std=spec.std,
+        training=({"release": "authors", "source": f"{spec.finetuned_repo}:{spec.finetuned_file}"}
+                  if spec.has_finetuned_weights else {}),
+    )
+    return RepoConfig(spec.base_model, dict(spec.model_args), {}, block)
 
 
 def resolve(
@@ -154,31 +149,22 @@ def _resolve_hub_repo(repo_id: str, need_orig: bool, need_fine: bool, pretrained
 
 def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = None) -> FiT3D:
     """Instantiate both backbones from a resolved model and load their weights strictly."""
-    config = resolved.config
+    config, block = resolved.config, resolved.config.fit3d
 
     def backbone(path: Path | None, from_timm: bool) -> torch.nn.Module:
-        vit = create_vit(config.architecture, config.model_args, config.pretrained_cfg or None)
-        # timm's data config of either branch names the statistics the weights expect.
-        for key in ("mean", "std"):
-            if config.fit3d.get(key):
-                vit.pretrained_cfg = {**vit.pretrained_cfg, key: tuple(config.fit3d[key])}
-        if path is not None:
-            state = read_state_dict(path)
-            if from_timm:
-                state = drop_prefixes(state, classifier_prefixes(vit))
-            load_strict(vit, state, str(path))
-        return vit.eval()
+        return load_vit(config.architecture, config.model_args, config.pretrained_cfg or None,
+                        path, drop_classifier=from_timm, mean=block.mean, std=block.std)
 
     original = (backbone(resolved.base_path, resolved.base_from_timm)
                 if mode in ("concat", "original") else None)
     finetuned = (backbone(resolved.finetuned_path, False)
                  if mode in ("concat", "finetuned") else None)
-    model = FiT3D(original, finetuned, mode=mode, pad=pad)
-    model.fit3d_config = dict(config.fit3d)
+    model = FiT3D(original, finetuned, mode=mode, pad=pad, layer=block.layer, norm=block.norm)
+    model.fit3d_block = replace(block)
     if resolved.random:
         # Random weights have no hub source that a saved repo could point at.
-        model.fit3d_config["base"] = None
-        model.fit3d_config["training"] = {"init": "random (pretrained=False)"}
+        model.fit3d_block = replace(block, base=None,
+                                    training={"init": "random (pretrained=False)"})
     return model.eval()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -9,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fit3d_hub.errors import InputShapeError
+from fit3d_hub.errors import InputShapeError, RepoFormatError
+from fit3d_hub.hub import push_directory
+from fit3d_hub.repo_format import save_repo
+from fit3d_hub.schema import MODES, Fit3DBlock
 
-MODES = ("concat", "finetuned", "original")
 PAD_MODES = (None, "center")
 
 
@@ -73,6 +76,8 @@ class FiT3D(nn.Module):
             last two run one backbone only.
         pad: ``None`` (sizes must be multiples of the patch size) or ``"center"`` (zero-pad
             each side evenly up to the next multiple, as the authors' evaluation does).
+        layer, norm: the block whose tokens are the features (-1: the last) and whether the
+            final norm applies (FiT3D's: -1 and True); config.json records both.
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class FiT3D(nn.Module):
         finetuned: nn.Module | None,
         mode: str = "concat",
         pad: str | None = None,
+        layer: int = -1,
+        norm: bool = True,
     ):
         super().__init__()
         present = [m for m in (original, finetuned) if m is not None]
@@ -97,9 +104,13 @@ class FiT3D(nn.Module):
         self._mode = "concat"
         self.mode = mode
         self.pad = pad
-        # Plain-data provenance written into config.json["fit3d"] by save_pretrained:
-        # where the original weights come from, registry name, training details.
-        self.fit3d_config: dict[str, Any] = {}
+        depth = len(ref.blocks)
+        if not -depth <= layer < depth:
+            raise ValueError(f"layer={layer}: expected a block index in {-depth}..{depth - 1}")
+        self.layer, self.norm = int(layer), bool(norm)
+        # config.json's fit3d block (save_pretrained fills in the model's own fields): where
+        # the original weights come from, registry name, statistics, training provenance.
+        self.fit3d_block = Fit3DBlock()
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -132,8 +143,8 @@ class FiT3D(nn.Module):
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) the backbones expect: the ``fit3d`` record's, else timm's config."""
         ref = self.finetuned if self.finetuned is not None else self.original
-        mean = self.fit3d_config.get("mean") or ref.pretrained_cfg.get("mean")
-        std = self.fit3d_config.get("std") or ref.pretrained_cfg.get("std")
+        mean = self.fit3d_block.mean or ref.pretrained_cfg.get("mean")
+        std = self.fit3d_block.std or ref.pretrained_cfg.get("std")
         return tuple(mean), tuple(std)
 
     @property
@@ -162,14 +173,23 @@ class FiT3D(nn.Module):
             f"{hs[0]}x{ws[0]} or {hs[1]}x{ws[1]} (or load with pad='center')"
         )
 
+    def _branch_features(self, vit: nn.Module, x: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.layer == -1 and self.norm:
+            return patch_tokens_nchw(vit, x)
+        (fmap, prefix), = vit.forward_intermediates(x, indices=[self.layer], norm=self.norm,
+                                                    return_prefix_tokens=True,
+                                                    intermediates_only=True)
+        return fmap, prefix[:, 0]
+
     def forward_features(self, x: torch.Tensor) -> FiT3DFeatures:
         """Features of both branches (as the mode runs them) plus the CLS token."""
         x = self._prepare(x)
         orig = fine = None
         if self._mode in ("concat", "original"):
-            orig, cls = patch_tokens_nchw(self.original, x)
+            orig, cls = self._branch_features(self.original, x)
         if self._mode in ("concat", "finetuned"):
-            fine, fine_cls = patch_tokens_nchw(self.finetuned, x)
+            fine, fine_cls = self._branch_features(self.finetuned, x)
             if orig is None:
                 cls = fine_cls
         if self._mode == "concat":
@@ -252,15 +272,24 @@ class FiT3D(nn.Module):
         return kept[0]
 
     # -- persistence ---------------------------------------------------------------------
+    def block_to_save(self) -> Fit3DBlock:
+        """The ``fit3d`` block config.json gets: the recorded one, with this model's shape,
+        feature choice and statistics filled in."""
+        mean, std = self.normalization
+        return replace(self.fit3d_block, patch_size=self.patch_size, embed_dim=self.embed_dim,
+                       layer=self.layer, norm=self.norm, mean=tuple(mean), std=tuple(std))
+
     def save_pretrained(self, directory: str | Path, *, include_base: bool | None = None,
                         card: str | None = None) -> Path:
         """Write the repo format (config.json, model.safetensors, [base.safetensors], README.md).
 
         ``include_base=None`` embeds the original weights only when they have no hub source.
         """
-        from fit3d_hub.repo_format import save_repo
-
-        return save_repo(self, Path(directory), include_base=include_base, card=card)
+        if self.finetuned is None:
+            raise RepoFormatError("nothing to save: this model was loaded without its "
+                                  "fine-tuned backbone (mode='original')")
+        return save_repo(directory, self.finetuned, self.original, self.block_to_save(),
+                         include_base=include_base, card=card)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Save to a temporary directory and upload it as a hub model repo; returns the commit URL.
@@ -269,8 +298,6 @@ class FiT3D(nn.Module):
         ``include_base``.
         """
         import tempfile
-
-        from fit3d_hub.hub import push_directory
 
         include_base = kwargs.pop("include_base", None)
         with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fit3d_hub.errors import InputShapeError, RepoFormatError
+from fit3d_hub.loading import resolve
+from fit3d_hub.model import FiT3D
 
 Stats = tuple[float, float, float]
 
@@ -139,18 +141,14 @@ def get_transform(name_or_model, size: int | tuple[int, int] | None = None) -> F
 
     Only config.json is read for names and repos (no weights are downloaded).
     """
-    from fit3d_hub.model import FiT3D
-
     if isinstance(name_or_model, FiT3D):
         mean, std = name_or_model.normalization
         patch = name_or_model.patch_size
     else:
-        from fit3d_hub.loading import resolve
-
         config = resolve(name_or_model, pretrained=False).config
-        mean = config.fit3d.get("mean") or config.pretrained_cfg.get("mean")
-        std = config.fit3d.get("std") or config.pretrained_cfg.get("std")
-        patch = config.fit3d.get("patch_size")
+        mean = config.fit3d.mean or config.pretrained_cfg.get("mean")
+        std = config.fit3d.std or config.pretrained_cfg.get("std")
+        patch = config.fit3d.patch_size
         if not (mean and std and patch):
             raise RepoFormatError(f"{name_or_model}: config.json lacks fit3d mean, std or "
                                   "patch_size")

@@ -8,10 +8,11 @@ import pytest
 from huggingface_hub import ModelCard
 
 from fit3d_hub import FiT3D, RepoFormatError
-from fit3d_hub.cards import card_metadata, load_results, render_card
+from fit3d_hub.cards import card_metadata, render_card
 from fit3d_hub.loading import registry_config
 from fit3d_hub.registry import REGISTRY, get_spec
-from fit3d_hub.repo_format import RepoConfig, read_config
+from fit3d_hub.results import load_results
+from fit3d_hub.schema import Fit3DBlock, RepoConfig, read_config
 
 
 def test_released_backbone_card_carries_paper_figures_as_the_papers():
@@ -92,8 +93,8 @@ def test_measured_figure_beside_the_papers_only_with_the_paper_protocol(tmp_path
 
 def test_other_weights_do_not_claim_the_papers_results():
     config = RepoConfig("vit_small_patch14_dinov2.lvd142m", {}, {},
-                        {"name": "dinov2_small", "training": {"init": "random"},
-                         "patch_size": 14, "embed_dim": 384})
+                        Fit3DBlock(name="dinov2_small", training={"init": "random"},
+                                   patch_size=14, embed_dim=384))
     card = render_card(config)
     assert not ModelCard(card).data.eval_results  # nothing claimed in the model-index
     assert "| semantic-segmentation | NYUv2 | mIoU | 65.55 | 67.5 | - |" in card

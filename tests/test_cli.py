@@ -80,7 +80,7 @@ def test_convert_authors_checkpoint(capsys, tiny_spec, tiny_pair, tmp_path):
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(model(x), by_hand(original, finetuned, x), rtol=0, atol=0)
-    assert model.fit3d_config["training"]["release"] == "authors"
+    assert model.fit3d_block.training["release"] == "authors"
     # A second convert into the same directory must not silently replace the repo.
     code, _, err = run(capsys, "convert", str(pth), "--backbone", "tiny_dinov2", "--output",
                        str(out))

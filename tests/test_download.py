@@ -13,7 +13,7 @@ from helpers import by_hand, tiny_vit
 from hub_server import FakeHub
 
 from fit3d_hub import FiT3D, load_fit3d
-from fit3d_hub.repo_format import BaseRef
+from fit3d_hub.schema import BaseRef, Fit3DBlock
 from fit3d_hub.weights import save_state_dict
 
 X = torch.randn(1, 3, 28, 28)
@@ -35,7 +35,7 @@ def hub(tmp_path, tiny_pair):
     base = save_state_dict(original.state_dict(), tmp_path / "base.safetensors").read_bytes()
     hub.add("timm/tiny-base", {"model.safetensors": base})
     model = FiT3D(original, finetuned)
-    model.fit3d_config = {"base": BaseRef("timm/tiny-base").to_json()}
+    model.fit3d_block = Fit3DBlock(base=BaseRef("timm/tiny-base"))
     model.save_pretrained(tmp_path / "v1")
     hub.add("someone/fit3d-tiny", {p.name: p.read_bytes() for p in (tmp_path / "v1").iterdir()})
     model.finetuned = tiny_vit(9)

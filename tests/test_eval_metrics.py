@@ -27,7 +27,8 @@ from eval.metrics import (
 )
 from fit3d_hub import FiT3DFeatures
 from fit3d_hub.transforms import FiT3DTransform
-from training.data.scene import SceneError, load_scene
+from scenes.load import load_scene
+from scenes.types import SceneError
 
 
 def test_segmentation_metrics_by_hand():
@@ -105,7 +106,7 @@ def test_correspondence_cli_on_synthetic_scene_and_stereo(tmp_path, tiny_pair, c
     from PIL import Image
 
     from fit3d_hub import FiT3D
-    from training.data.synthetic import generate
+    from scenes.synthetic import generate
 
     FiT3D(*tiny_pair).save_pretrained(tmp_path / "model")
     generate(tmp_path / "scenes", scenes=1, views=4, size=56, seed=0)
@@ -169,7 +170,7 @@ def test_baselines_zero_motion_and_identity_features():
 
 
 def test_pairs_come_from_test_frames_where_a_scene_has_them(tmp_path):
-    from training.data.synthetic import generate
+    from scenes.synthetic import generate
 
     spp = generate(tmp_path / "spp", scenes=1, views=9, size=40, seed=0, layout="scannetpp")
     tasks = scene_tasks(spp, pairs=10, max_rotation=180, seed=0)

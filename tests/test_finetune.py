@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from eval.consistency import Correspondences, consistency, correspondences
+from eval.consistency import consistency
 from fit3d_hub import load_fit3d
-from training.data.scene import load_depth, load_scene, scene_paths, training_views
+from scenes.correspondence import Correspondences, correspondences
+from scenes.holdout import training_views
+from scenes.io import load_depth
+from scenes.load import load_scene, scene_paths
 from training.demo import DemoSettings, demo_backbone, held_out_pairs, measure_consistency
-from training.finetuning.data import LiftedDataError, check_memory, pair_scenes
+from training.finetuning.data import LiftedDataError, check_memory, find_lifted
 from training.finetuning.trainer import epoch_order
 from training.lift import main as lift_main
 from training.lifting.gaussians import SHORT_RUN_RATES
@@ -30,7 +33,7 @@ SETTINGS = DemoSettings(views=16, size=48, lift_iterations=200, epochs=10, lr=1e
 @pytest.fixture(scope="module")
 def lifted(tmp_path_factory):
     """One synthetic scene lifted with the demo backbone; views 0, 4, 8, 12 held out."""
-    from training.data.synthetic import generate
+    from scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("stage2")
     generate(root / "scenes", scenes=1, views=SETTINGS.views, size=SETTINGS.size, seed=0)
@@ -46,9 +49,9 @@ def lifted(tmp_path_factory):
 
 
 def _finetune(root: Path, output: Path, *extra: str) -> list[str]:
-    return ["--lifted", str(root / "lifted"), "--scenes", str(root / "scenes"), "--backbone",
-            str(root / "backbone"), "--output", str(output), "--holdout-every", "4",
-            "--backend", "torch", *extra]
+    """Stage 2 needs only Stage 1's output: scene folders and held-out views are recorded."""
+    return ["--lifted", str(root / "lifted"), "--backbone", str(root / "backbone"),
+            "--output", str(output), "--backend", "torch", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +79,11 @@ def test_fine_tuned_features_are_more_multiview_consistent(lifted, finetuned):
 
 
 def test_exported_repo_records_provenance(finetuned):
-    from fit3d_hub.repo_format import read_config, validate_repo
+    from fit3d_hub.repo_format import validate_repo
+    from fit3d_hub.schema import read_config
 
     config = validate_repo(finetuned)
-    training = config.fit3d["training"]
+    training = config.fit3d.training
     assert training["scenes"] == ["scene_000"] and training["steps"] > 0
     assert training["hyperparameters"]["lr"] == SETTINGS.lr
     assert training["hyperparameters"]["weight_decay"] == 1e-4
@@ -111,16 +115,31 @@ def test_stage2_leaves_test_frames_out_as_the_authors_stage2_does():
             "splits": ["test", "train", "train", "train", "test"]}
     assert stage2_views(meta) == [1, 2, 3]  # Stage 1 saw the test frames, Stage 2 does not
     assert stage2_views({**meta, "training_views": [1, 3]}) == [1, 3]
-    assert stage2_views({"views": 4}, holdout_every=2) == [1, 3]  # an older lifted file
+    assert stage2_views({"views": 4}) == [0, 1, 2, 3]  # older files: every view
 
 
 def test_stage2_trains_on_the_views_stage1_recorded(lifted):
-    from training.finetuning.data import LiftedStore, pair_scenes
+    from training.finetuning.data import LiftedStore, find_lifted
 
-    store = LiftedStore(pair_scenes(lifted / "lifted", scene_paths(lifted / "scenes")),
-                        lazy=True)
+    records = find_lifted(lifted / "lifted")
+    assert [r.scene_dir for r in records] == [(lifted / "scenes" / "scene_000").resolve()]
+    store = LiftedStore(records, lazy=True)
     assert store.metas[0]["training_views"] == [i for i in range(16) if i % 4]
-    assert store.training_views(holdout_every=0) == [store.metas[0]["training_views"]]
+    assert store.training_views() == [store.metas[0]["training_views"]]
+
+
+def test_scenes_override_finds_moved_data(lifted, tmp_path):
+    import shutil
+
+    from training.finetuning.data import find_lifted, load_lifted_scene
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(lifted / "scenes", moved)
+    records = find_lifted(lifted / "lifted", scene_paths(moved))
+    assert [r.scene_dir for r in records] == [moved / "scene_000"]
+    assert load_lifted_scene(records[0]).views.num_views == 16
+    with pytest.raises(LiftedDataError, match="no finished Stage 1 scene for any of the 1"):
+        find_lifted(lifted / "lifted", [tmp_path / "other_scene"])
 
 
 def _run(args: list[str]) -> subprocess.Popen:
@@ -157,9 +176,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(lifted, tmp_path):
 
 
 def test_missing_lifted_scenes_and_memory_check(lifted, tmp_path, monkeypatch):
-    with pytest.raises(LiftedDataError, match="no lifted scene"):
-        pair_scenes(tmp_path, [lifted / "scenes" / "scene_000"])
-    pairs = pair_scenes(lifted / "lifted", [lifted / "scenes" / "scene_000"])
+    with pytest.raises(LiftedDataError, match="no finished Stage 1 scene"):
+        find_lifted(tmp_path)
+    pairs = find_lifted(lifted / "lifted")
     assert check_memory(pairs) > 0
     monkeypatch.setattr("training.finetuning.data.available_memory", lambda: 1024)
     with pytest.raises(LiftedDataError, match="pass --lazy"):

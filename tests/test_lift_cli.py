@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fit3d_hub import FiT3D
-from training.data.synthetic import generate
+from scenes.synthetic import generate
 from training.lifting.io import OUTPUT_NAME, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import torch
 
 from fit3d_hub import FiT3D
 from fit3d_hub.backbone import create_vit
-from training.data.scene import load_image, load_scene
-from training.data.synthetic import generate
+from scenes.load import load_scene
+from scenes.synthetic import generate
+from scenes.views import load_views
 from training.lifting.gaussians import GEOMETRY, SHORT_RUN_RATES, FeatureGaussians
 from training.lifting.io import is_finished, load_lifted, save_lifted
 from training.lifting.losses import ssim
@@ -48,8 +49,8 @@ def teacher():
 
 @pytest.fixture(scope="module")
 def views(scene, teacher):
-    feats = compute_teacher_features(teacher, [load_image(f.image_path) for f in scene.frames])
-    return SceneViews.load(scene, feats, 1.0, CPU)
+    images = load_views(scene)
+    return SceneViews.from_images(images, compute_teacher_features(teacher, images.images), CPU)
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,13 @@ def test_teacher_cache_runs_the_backbone_once_per_view(scene, teacher, monkeypat
         return original_forward(x)
 
     monkeypatch.setattr(teacher.original, "forward_features", counting)
-    feats = compute_teacher_features(teacher, [load_image(f.image_path) for f in scene.frames],
+    images = load_views(scene)
+    feats = compute_teacher_features(teacher, images.images,
                                      batch_size=3)
     assert sum(calls) == len(scene.frames)  # every view exactly once
     # 48x36 views enter the patch-8 teacher as 48x32 (sides rounded to patch multiples)
     assert feats.dtype == torch.float16 and feats.shape == (16, 32, 4, 6)
-    views = SceneViews.load(scene, feats, 1.0, CPU)
+    views = SceneViews.from_images(images, feats, CPU)
     calls.clear()
     lift_scene(scene, views, LiftConfig(iterations=5, max_points=300), backend="torch",
                device=CPU)

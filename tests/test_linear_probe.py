@@ -15,7 +15,7 @@ from eval.linear_probe import train_probe
 from eval.metrics import confusion_matrix, depth_metrics, segmentation_metrics
 from eval.protocols import quick_depth, quick_seg
 from fit3d_hub import FiT3D, load_fit3d
-from fit3d_hub.cards import load_results
+from fit3d_hub.results import load_results
 
 
 def _png(path, array):
@@ -119,7 +119,7 @@ def test_missing_files_are_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory):
-    from training.data.synthetic import generate
+    from scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("probe")
     generate(root / "scenes", scenes=2, views=8, size=48, seed=4)

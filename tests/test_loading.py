@@ -34,7 +34,7 @@ def test_registry_name_from_cache(hub_cache, tiny_pair):
     model = load_fit3d("tiny_dinov2", cache_dir=hub_cache)
     assert not model.training
     _same(model, *tiny_pair)
-    assert model.fit3d_config["base"]["repo_id"] == "timm/vit_small_patch14_dinov2.lvd142m"
+    assert model.fit3d_block.base.repo_id == "timm/vit_small_patch14_dinov2.lvd142m"
 
 
 def test_authors_hubconf_alias(hub_cache, tiny_pair):
@@ -95,7 +95,7 @@ def test_no_released_weights_is_a_clear_error(tiny_spec, monkeypatch):
 
 def test_pretrained_false_builds_without_files(tiny_spec):
     model = load_fit3d("tiny_dinov2", pretrained=False)
-    assert model.embed_dim == 32 and model.fit3d_config["base"] is None
+    assert model.embed_dim == 32 and model.fit3d_block.base is None
 
 
 def test_mismatched_checkpoint_names_keys(tiny_spec, hub_cache, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fit3d_hub import FiT3D
-from training.data.synthetic import generate
+from scenes.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,12 +16,13 @@ from fit3d_hub.transforms import (
     preprocess_images,
     resize_images,
 )
-from training.data.scene import load_image, load_scene
-from training.data.synthetic import generate
-from training.finetuning.data import load_lifted_scene
+from scenes.io import load_image
+from scenes.load import load_scene
+from scenes.synthetic import generate
+from training.finetuning.data import LiftedRecord, load_lifted_scene
 from training.finetuning.targets import make_sample
 from training.lifting.gaussians import FeatureGaussians
-from training.lifting.io import output_path, save_lifted
+from training.lifting.io import output_path, read_meta, save_lifted
 from training.lifting.teacher import compute_teacher_features, teacher_inputs
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -63,7 +64,7 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path, downscale
     size = (cam.width, cam.height)
     # what training.lift feeds the teacher: the images at the downscaled size
     images = [load_image(f.image_path, size) for f in scene.frames]
-    compute_teacher_features(teacher, images)
+    compute_teacher_features(teacher, torch.from_numpy(np.stack(images)))
     teacher_input = torch.cat(seen)
 
     gaussians = FeatureGaussians.initialise(scene, feature_dim=8, teacher_dim=16, sh_degree=0,
@@ -71,7 +72,9 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path, downscale
     save_lifted(output_path(tmp_path / "lifted", scene.name), gaussians,
                 {"views": len(scene.frames), "image_size": [cam.width, cam.height],
                  "downscale": downscale})
-    lifted = load_lifted_scene(output_path(tmp_path / "lifted", scene.name), scene_dir)
+    lifted = load_lifted_scene(LiftedRecord(output_path(tmp_path / "lifted", scene.name),
+                                            read_meta(output_path(tmp_path / "lifted",
+                                                                  scene.name)), scene_dir))
     transform = get_transform(teacher)
     for view in range(len(scene.frames)):
         sample = make_sample(lifted, view, False, transform, "torch", torch.device("cpu"))
@@ -80,7 +83,8 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path, downscale
             transform.std, 8)[0]
         assert torch.equal(sample.image, one_path)
         assert torch.equal(sample.image, teacher_input[view])
-        assert torch.equal(sample.image, teacher_inputs(teacher, [images[view]])[0])
+        assert torch.equal(sample.image,
+                           teacher_inputs(teacher, torch.from_numpy(images[view])[None])[0])
         assert sample.image.shape[-1] == cam.width // 8 * 8
         # ImageNet-normalised, not [0, 1]
         assert sample.image.min() < -0.5

@@ -25,7 +25,7 @@ from eval.linear_probe import main as probe_main
 from eval.probe_heads import DepthHead, cross_entropy, gradient_loss, grouped_sig_loss, sig_loss
 from eval.protocols import PAPER_DEPTH, PAPER_SEG, beta1_at, lr_at, quick_depth
 from fit3d_hub import FiT3D
-from fit3d_hub.cards import load_results
+from fit3d_hub.results import load_results
 
 
 def test_schedules_follow_mmcv():
@@ -173,7 +173,7 @@ def test_backbone_outputs_split_the_branches(tiny_pair):
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from training.data.synthetic import generate
+    from scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("paper")
     generate(root, scenes=1, views=8, size=40, seed=5)

@@ -16,7 +16,8 @@ from fit3d_hub import FiT3D, NotCachedError, RepoFormatError, load_fit3d
 from fit3d_hub.backbone import create_vit
 from fit3d_hub.loading import registry_config
 from fit3d_hub.registry import IMAGENET_MEAN, IMAGENET_STD, REGISTRY
-from fit3d_hub.repo_format import read_config, validate_repo
+from fit3d_hub.repo_format import validate_repo
+from fit3d_hub.schema import read_config
 
 X = torch.randn(1, 3, 28, 28)
 
@@ -155,7 +156,7 @@ def test_plain_timm_sees_the_statistics_the_weights_were_trained_with(name, tmp_
     small = {"embed_dim": 16, "depth": 1, "num_heads": 2}
     pair = [create_vit(spec.base_model, small) for _ in range(2)]
     model = FiT3D(*pair)
-    model.fit3d_config = dict(registry_config(spec).fit3d)
+    model.fit3d_block = registry_config(spec).fit3d
     model.save_pretrained(tmp_path / "repo", include_base=True)
     expected = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     local = timm.create_model(f"local-dir:{tmp_path / 'repo'}")

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data.cameras import Camera, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
-from training.data.colmap import qvec_to_rotmat
-from training.data.points import read_points
-from training.data.scene import SceneError, load_depth, load_scene, scene_paths
-from training.data.synthetic import generate
+from scenes.cameras import Camera, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
+from scenes.colmap import qvec_to_rotmat
+from scenes.io import load_depth
+from scenes.load import load_scene, scene_paths
+from scenes.points import read_points
+from scenes.synthetic import generate
+from scenes.types import SceneError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data.synthetic import LABELS, cast, generate, main, make_cameras, make_shapes
+from scenes.synthetic import LABELS, cast, generate, main, make_cameras, make_shapes
 
 
 def _bytes(folder):

@@ -10,20 +10,29 @@ import copy
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from eval.consistency import consistency, correspondences
+from eval.consistency import consistency
 from fit3d_hub import FiT3D, get_transform, load_fit3d
 from fit3d_hub.backbone import create_vit
 from fit3d_hub.pca import pca_rgb, side_by_side
-from training.data.scene import load_depth, load_rgb, load_scene
-from training.data.synthetic import generate
+from scenes.correspondence import correspondences
+from scenes.holdout import training_views
+from scenes.io import load_depth, load_rgb
+from scenes.load import load_scene
+from scenes.synthetic import generate
+from training.finetune import run_finetune
+from training.finetuning.data import find_lifted, load_lifted_scene
+from training.finetuning.targets import render_target
+from training.finetuning.trainer import FinetuneConfig
+from training.lift import lift_scenes, schedule_for
 from training.lifting.gaussians import SHORT_RUN_RATES
+from training.lifting.trainer import LiftConfig
 
 DEMO_BACKBONE = ("vit_small_patch8_224", {"embed_dim": 48, "depth": 2, "num_heads": 3,
                                           "img_size": 64})
@@ -56,7 +65,9 @@ def demo_backbone(seed: int) -> FiT3D:
 
 
 def held_out_pairs(views: int, holdout_every: int) -> list[tuple[int, int]]:
-    held = [v for v in range(views) if v % holdout_every == 0]
+    """Consecutive pairs of the views the held-out rule keeps out of both stages."""
+    trained = set(training_views(["train"] * views, holdout_every))
+    held = [v for v in range(views) if v not in trained]
     return list(itertools.pairwise(held)) or [(0, 1)]
 
 
@@ -83,13 +94,10 @@ def measure_consistency(model: FiT3D, scene_dir: Path, pairs: list[tuple[int, in
 def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[int],
                    output: Path) -> list[Path]:
     """views.png, pca.png (original vs fine-tuned) and rendered_features.png."""
-    from training.finetuning.data import load_lifted_scene
-    from training.finetuning.targets import render_target
-    from training.lifting.io import output_path
-
     scene = load_scene(scene_dir)
     transform = get_transform(model)
-    lifted = load_lifted_scene(output_path(lifted_dir, scene.name), scene_dir)
+    record, = [r for r in find_lifted(lifted_dir) if r.name == scene.name]
+    lifted = load_lifted_scene(record)
     rgb = [(load_rgb(scene.frames[v].image_path) * 255).astype(np.uint8) for v in views]
     written = []
     side_by_side([(f"view {v}", im) for v, im in zip(views, rgb, strict=True)], 160) \
@@ -117,8 +125,6 @@ def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[
 def run_demo(output: str | Path, settings: DemoSettings | None = None,
              log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``output``; returns the consistency figures and stage times."""
-    from training import finetune, lift
-
     s = settings or DemoSettings()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -135,27 +141,23 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None,
         f"({times['data']:.1f} s)")
 
     t = time.perf_counter()
-    code = lift.main(["--scenes", str(output / "scenes"), "--backbone", backbone,
-                      "--output", str(output / "lifted"), "--iterations", str(s.lift_iterations),
-                      "--holdout-every", str(s.holdout_every), "--max-points", "2000",
-                      "--feature-lr", str(SHORT_RUN_RATES.features),
-                      "--decoder-lr", str(SHORT_RUN_RATES.decoder),
-                      "--seed", str(s.seed), "--backend", "torch"])
+    lift_config = replace(
+        LiftConfig(iterations=s.lift_iterations, max_points=2000, seed=s.seed,
+                   holdout_every=s.holdout_every, lr=SHORT_RUN_RATES),
+        **schedule_for(s.lift_iterations))
+    summary = lift_scenes(output / "scenes", backbone, output / "lifted", lift_config,
+                          backend="torch", progress=False, log=lambda _: None)
     times["lift"] = time.perf_counter() - t
-    if code != 0:
-        raise RuntimeError(f"Stage 1 failed (exit {code})")
+    if summary["failed"]:
+        raise RuntimeError(f"Stage 1 failed for {', '.join(summary['failed'])}")
     log(f"[2/4] Stage 1: lifted features into 3D Gaussians ({times['lift']:.1f} s)")
 
     t = time.perf_counter()
-    code = finetune.main(["--lifted", str(output / "lifted"), "--scenes", str(output / "scenes"),
-                          "--backbone", backbone, "--output", str(output / "model"),
-                          "--epochs", str(s.epochs), "--lr", str(s.lr), "--lr-drop",
-                          "--holdout-every",
-                          str(s.holdout_every), "--save-every", "0", "--seed", str(s.seed),
-                          "--backend", "torch"])
+    run_finetune(output / "lifted", backbone, output / "model",
+                 FinetuneConfig(epochs=s.epochs, lr=s.lr, lr_drop=(), save_every=0,
+                                seed=s.seed),
+                 backend="torch", progress=False, log=lambda _: None)
     times["finetune"] = time.perf_counter() - t
-    if code != 0:
-        raise RuntimeError(f"Stage 2 failed (exit {code})")
     log(f"[3/4] Stage 2: fine-tuned the backbone on rendered features ({times['finetune']:.1f} s)")
 
     t = time.perf_counter()

@@ -16,13 +16,16 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from fit3d_hub import FiT3DError, load_fit3d
-from training.data.scene import SceneError, load_image, load_scene, scene_paths
+from scenes.load import load_scene, scene_paths
+from scenes.types import SceneError
+from scenes.views import load_views
 from training.lifting.gaussians import LearningRates
 from training.lifting.io import is_finished, output_path, save_lifted
 from training.lifting.rasterize import BACKENDS, resolve_backend
@@ -83,7 +86,7 @@ def schedule_for(iterations: int) -> dict[str, int]:
             "sh_degree_interval": max(1, round(1000 * frac))}
 
 
-def _config(args: argparse.Namespace) -> LiftConfig:
+def config_from_args(args: argparse.Namespace) -> LiftConfig:
     return LiftConfig(
         iterations=args.iterations, feature_dim=args.feature_dim, sh_degree=args.sh_degree,
         downscale=args.downscale, max_points=args.max_points, seed=args.seed,
@@ -108,17 +111,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torch.device,
-             out_dir: Path, backbone: str, position: int = 0) -> dict:
+             out_dir: Path, backbone: str, position: int = 0, progress: bool = True) -> dict:
     """Lift one scene and write its output; returns the metrics."""
     scene = load_scene(path)
-    # --downscale acts as a preprocessing step that downscaled the files: teacher, renders
-    # and (in Stage 2) the trained backbone all see the images at that size.
-    size = scene.frames[0].camera.scaled(config.downscale)
-    images = [load_image(f.image_path, (size.width, size.height)) for f in scene.frames]
-    feats = compute_teacher_features(teacher, images, device=device)
-    views = SceneViews.load(scene, feats, config.downscale, device, images=images)
+    images = load_views(scene, config.downscale)
+    feats = compute_teacher_features(teacher, images.images, device=device)
+    views = SceneViews.from_images(images, feats, device)
     bar = tqdm(total=config.iterations, desc=scene.name, position=position, leave=True,
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, disable=not progress)
 
     def on_step(step: int, record: dict) -> None:
         bar.update(step + 1 - bar.n)
@@ -146,48 +146,59 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
     return result.metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_args(parser, args)
+def lift_scenes(scenes: str | Path, backbone: str, output: str | Path, config: LiftConfig, *,
+                backend: str = "auto", cache_dir: str | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict:
+    """Lift every scene of ``scenes`` (this process's share under Accelerate) into
+    ``output``; finished scenes are skipped, failing ones reported. Returns the summary.
+
+    Raises ``SceneError``, ``FiT3DError`` or ``ValueError`` for bad input found before any
+    work (the CLI's exit 2).
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator()
     device = accelerator.device
-    try:
-        backend = resolve_backend(args.backend)
-        paths = scene_paths(args.scenes)
-        teacher = load_fit3d(args.backbone, mode="original", device=device,
-                             cache_dir=args.cache_dir)
-    except (FiT3DError, SceneError, ValueError) as err:
-        print(f"training.lift: error: {err}", file=sys.stderr)
-        return 2
-    config = _config(args)
-    out_dir = Path(args.output)
+    backend = resolve_backend(backend)
+    paths = scene_paths(scenes)
+    teacher = load_fit3d(backbone, mode="original", device=device, cache_dir=cache_dir)
+    out_dir = Path(output)
     mine = paths[accelerator.process_index::accelerator.num_processes]
     failures, done = [], 0
     for path in mine:
         target = output_path(out_dir, path.name)
         if is_finished(target):
-            print(f"{path.name}: already lifted ({target}), skipped")
+            log(f"{path.name}: already lifted ({target}), skipped")
             continue
         start = time.perf_counter()
         try:
-            metrics = lift_one(path, teacher, config, backend, device, out_dir, args.backbone,
-                               position=accelerator.process_index)
+            metrics = lift_one(path, teacher, config, backend, device, out_dir, backbone,
+                               position=accelerator.process_index, progress=progress)
         except (SceneError, LiftError, FiT3DError, ValueError) as err:
             failures.append(path.name)
             print(f"{path.name}: FAILED: {err}", file=sys.stderr)
             continue
         done += 1
-        print(f"{path.name}: psnr {metrics['psnr']:.2f} dB, feature L1 "
-              f"{metrics['feature_l1']:.4f}, {metrics['gaussians']} Gaussians, "
-              f"{time.perf_counter() - start:.1f} s -> {target}")
+        log(f"{path.name}: psnr {metrics['psnr']:.2f} dB, feature L1 "
+            f"{metrics['feature_l1']:.4f}, {metrics['gaussians']} Gaussians, "
+            f"{time.perf_counter() - start:.1f} s -> {target}")
     accelerator.wait_for_everyone()
-    summary = {"process": accelerator.process_index, "lifted": done, "failed": failures,
-               "skipped": len(mine) - done - len(failures)}
+    return {"process": accelerator.process_index, "lifted": done, "failed": failures,
+            "skipped": len(mine) - done - len(failures)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    try:
+        summary = lift_scenes(args.scenes, args.backbone, args.output, config_from_args(args),
+                              backend=args.backend, cache_dir=args.cache_dir)
+    except (FiT3DError, SceneError, ValueError) as err:
+        print(f"training.lift: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
-    return 1 if failures else 0
+    return 1 if summary["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ def render_target(scene: LiftedScene, view: int, backend: str, device: torch.dev
     width, height = scene.render_size
     feats, alpha, _ = rasterize(
         backend, geo["means"], geo["quats"], geo["scales"], geo["opacities"],
-        g.splats["features"].to(device), scene.viewmats[view:view + 1].to(device),
-        scene.Ks[view:view + 1].to(device), width, height)
+        g.splats["features"].to(device), scene.views.viewmats[view:view + 1].to(device),
+        scene.views.Ks[view:view + 1].to(device), width, height)
     decoder = g.decoder.to(device)
     decoded = decoder(feats.permute(0, 3, 1, 2))[0]
     return decoded, alpha[0].permute(2, 0, 1)
@@ -45,9 +45,10 @@ def make_sample(scene: LiftedScene, view: int, flip: bool, transform: FiT3DTrans
     fully cover (alpha > 0.5 on more than 99% of their pixels).
     """
     decoded, alpha = render_target(scene, view, backend, device)
-    image = transform.batch(scene.images[view:view + 1].permute(0, 3, 1, 2).to(device))[0]
-    mask = (scene.masks[view:view + 1].to(device).float() if scene.masks is not None
-            else torch.ones(1, *scene.images.shape[1:3], device=device))
+    views = scene.views
+    image = transform.batch(views.images[view:view + 1].permute(0, 3, 1, 2).to(device))[0]
+    mask = (views.masks[view:view + 1].to(device).float() if views.masks is not None
+            else torch.ones(1, *views.images.shape[1:3], device=device))
     if flip:
         image, decoded, mask, alpha = (t.flip(-1) for t in (image, decoded, mask, alpha))
     patch = transform.patch_size

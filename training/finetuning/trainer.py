@@ -45,8 +45,6 @@ class FinetuneConfig:
     scene mask only)."""
     save_every: int = 1000
     keep_checkpoints: int = 2
-    holdout_every: int = 0
-    """Only for lifted files without Stage 1's ``training_views`` record (older ones)."""
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -142,7 +140,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
             accelerator.step = state.micro
             accelerator.print(f"resumed from {last} (step {state.step})")
     per_micro = config.batch_size * accelerator.num_processes
-    train_views = store.training_views(config.holdout_every)
+    train_views = store.training_views()
     micro_per_epoch = len(epoch_order(train_views, 0, config.seed)) // per_micro
     if micro_per_epoch == 0:
         raise FinetuneError(f"fewer training views than one batch ({per_micro}); lower "

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.data.scene import Scene
+from scenes.types import Scene
 from training.lifting.sh import num_sh_bases, rgb_to_sh0
 
 GEOMETRY = ("means", "quats", "scales", "opacities")

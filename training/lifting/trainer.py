@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from training.data.scene import Scene, load_image, load_mask, training_views
+from scenes.holdout import training_views
+from scenes.types import Scene
+from scenes.views import SceneImages
 from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
 from training.lifting.losses import feature_loss, fill_masked, psnr, rgb_loss
 from training.lifting.rasterize import rasterize_rgb_and_features
@@ -67,28 +69,13 @@ class SceneViews:
     height: int
 
     @classmethod
-    def load(cls, scene: Scene, teacher: torch.Tensor, downscale: float,
-             device: torch.device, images: list[np.ndarray] | None = None) -> SceneViews:
-        """``images`` (uint8, already at the downscaled size) are reused if given, else read."""
-        cams = [f.camera.scaled(downscale) for f in scene.frames]
-        size = (cams[0].width, cams[0].height)
-        if images is None:
-            images = [load_image(f.image_path, size) for f in scene.frames]
-        images = np.stack(images).astype(np.float32) / 255.0
-        masks = None
-        if any(f.mask_path for f in scene.frames):
-            masks = torch.from_numpy(np.stack([
-                load_mask(f.mask_path, size) if f.mask_path else np.ones(size[::-1], bool)
-                for f in scene.frames]))[..., None].to(device)
-        return cls(
-            images=torch.from_numpy(images).to(device),
-            masks=masks,
-            viewmats=torch.tensor(np.stack([c.w2c for c in cams]), dtype=torch.float32,
-                                  device=device),
-            Ks=torch.tensor(np.stack([c.K for c in cams]), dtype=torch.float32, device=device),
-            teacher=teacher,
-            width=size[0], height=size[1],
-        )
+    def from_images(cls, views: SceneImages, teacher: torch.Tensor, device: torch.device
+                    ) -> SceneViews:
+        """The training copy of a scene's views (RGB in [0, 1]) with its teacher cache."""
+        masks = None if views.masks is None else views.masks[..., None].to(device)
+        return cls(images=(views.images.float() / 255.0).to(device), masks=masks,
+                   viewmats=views.viewmats.to(device), Ks=views.Ks.to(device), teacher=teacher,
+                   width=views.size[0], height=views.size[1])
 
 
 @dataclass

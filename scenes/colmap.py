@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.cameras import Camera
-from training.data.points import read_points
-from training.data.scene import Frame, Scene, SceneError
+from scenes.cameras import Camera
+from scenes.points import read_points
+from scenes.types import Frame, Scene, SceneError
 
 # model id -> (name, number of parameters); only undistorted pinhole models are accepted.
 MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.scene import SceneError
+from scenes.types import SceneError
 
 _PLY_TYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1",
               "uint8": "u1", "char": "i1", "int8": "i1", "short": "i2", "int16": "i2",

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from fit3d_hub.jsonio import read_json_object
-from training.data.cameras import Camera, opengl_c2w_to_opencv_w2c
-from training.data.points import read_points
-from training.data.scene import Frame, Scene, SceneError
+from scenes.cameras import Camera, opengl_c2w_to_opencv_w2c
+from scenes.points import read_points
+from scenes.types import Frame, Scene, SceneError
 
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from fit3d_hub.jsonio import read_json_object
-from training.data.nerfstudio import parse_frames
-from training.data.points import read_points
-from training.data.scene import Scene, SceneError
+from scenes.nerfstudio import parse_frames
+from scenes.points import read_points
+from scenes.types import Scene, SceneError
 
 TRANSFORMS_NAME = "transforms_train.json"
 # nerfstudio's COLMAP -> transforms world: rows (x, y, z) -> (y, x, -z).

@@ -9,7 +9,7 @@ Rendering is an analytic ray caster (planes, spheres, boxes; Lambertian
 shading), independent of the Gaussian rasterizer it is used to test; output is a pure
 function of the seed.
 
-    python -m training.data.synthetic --output DIR --scenes K --views N --size S --seed X \
+    python -m scenes.synthetic --output DIR --scenes K --views N --size S --seed X \
         [--layout nerfstudio|scannetpp]
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data.cameras import Camera, opencv_w2c_to_opengl_c2w
-from training.data.scannetpp import COLMAP_TO_NERFSTUDIO
+from scenes.cameras import Camera, opencv_w2c_to_opengl_c2w
+from scenes.scannetpp import COLMAP_TO_NERFSTUDIO
 
 ROOM_HALF = 3.0  # the room spans [-3, 3] x [-3, 3] x [0, HEIGHT] (z up)
 ROOM_HEIGHT = 2.6
@@ -240,7 +240,7 @@ def write_scene(out: Path, seed: int, views: int, size: int, objects: int = 4,
             meta.update(frames=frames, test_frames=tests)
         else:
             meta.update(labels={**LABELS, **{f"object_{s.label - 4}": s.label for s in shapes}},
-                        generator={"name": "training.data.synthetic", "seed": seed},
+                        generator={"name": "scenes.synthetic", "seed": seed},
                         frames=frames)
         name = "transforms_train.json" if scannetpp else "transforms.json"
         (tmp / name).write_text(json.dumps(meta, indent=1))
@@ -267,7 +267,7 @@ def generate(output: str | Path, scenes: int = 1, views: int = 12, size: int = 6
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data.synthetic",
+    parser = argparse.ArgumentParser(prog="python -m scenes.synthetic",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True)
     parser.add_argument("--scenes", type=int, default=1)

@@ -1,0 +1,160 @@
+"""The repo format's schema: file names, config.json's fields and its typed ``fit3d`` block.
+
+A repo (local directory or hub model repo) holds ``config.json`` (timm's ``architecture``,
+``model_args``, ``pretrained_cfg``, plus the ``fit3d`` block below), ``model.safetensors``
+(the fine-tuned backbone), optionally ``base.safetensors`` (the original) and ``README.md``.
+Reading lives here; writing and validation in :mod:`fit3d_hub.repo_format`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.jsonio import read_json_object
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+BASE_WEIGHTS_NAME = "base.safetensors"
+CARD_NAME = "README.md"
+FORMAT_VERSION = 1
+
+MODES = ("concat", "finetuned", "original")
+"""What a FiT3D model returns, and the feature variants every evaluation reports:
+``[original | fine-tuned]`` concatenated on channels, or one branch."""
+FUSIONS = ("concat",)
+
+
+@dataclass
+class BaseRef:
+    """Where the original (base) weights of a repo live on the hub."""
+
+    repo_id: str
+    filename: str = WEIGHTS_NAME
+    revision: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo_id": self.repo_id, "filename": self.filename, "revision": self.revision}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> BaseRef:
+        if not isinstance(raw, dict):
+            raise RepoFormatError(f"{where}: field 'fit3d.base' must be an object or null")
+        if not isinstance(raw.get("repo_id"), str):
+            raise RepoFormatError(f"{where}: field 'fit3d.base.repo_id' must be a str; got "
+                                  f"{type(raw.get('repo_id')).__name__}")
+        unknown = set(raw) - {"repo_id", "filename", "revision"}
+        if unknown:
+            raise RepoFormatError(f"{where}: unknown keys in 'fit3d.base': {sorted(unknown)}")
+        return cls(raw["repo_id"], raw.get("filename") or WEIGHTS_NAME, raw.get("revision"))
+
+
+@dataclass
+class Fit3DBlock:
+    """config.json's ``fit3d`` block: what to pair the weights with and how to read them."""
+
+    name: str | None = None
+    """Registry name the repo stands for, if any."""
+    base_model: str | None = None
+    """timm id (with tag) of the original weights."""
+    base: BaseRef | None = None
+    """Hub location of the original weights; None when the repo embeds them."""
+    method: str = "fit3d"
+    """The 3D-aware fine-tuning that produced the weights."""
+    layer: int = -1
+    """Block whose tokens are the features (-1: the last)."""
+    norm: bool = True
+    """Whether the final norm is applied to them."""
+    fusion: str = "concat"
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    """Provenance: who trained the weights, on what, with which settings."""
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keys a newer fit3d-hub wrote; kept so a round trip loses nothing."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out["base"] = self.base.to_json() if self.base else None
+        for key in ("mean", "std"):
+            out[key] = list(out[key]) if out[key] is not None else None
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], where: str) -> Fit3DBlock:
+        """Parse and check a ``fit3d`` block; errors name the file and the field."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        types = {"name": str, "base_model": str, "method": str, "layer": int, "norm": bool,
+                 "fusion": str, "patch_size": int, "embed_dim": int, "training": dict,
+                 "format_version": int}
+        values: dict[str, Any] = {}
+        for key, kind in types.items():
+            value = raw.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise RepoFormatError(f"{where}: field 'fit3d.{key}' must be a {kind.__name__}; "
+                                      f"got {type(value).__name__}")
+            values[key] = value
+        for key in ("mean", "std"):
+            value = raw.get(key)
+            if value is None:
+                continue
+            if (not isinstance(value, list) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) for v in value)):
+                raise RepoFormatError(f"{where}: field 'fit3d.{key}' must be 3 numbers")
+            values[key] = tuple(float(v) for v in value)
+        if raw.get("base") is not None:
+            values["base"] = BaseRef.from_json(raw["base"], where)
+        if values.get("fusion", "concat") not in FUSIONS:
+            raise RepoFormatError(f"{where}: field 'fit3d.fusion' is {values['fusion']!r}; this "
+                                  f"fit3d-hub serves {', '.join(FUSIONS)}")
+        block = cls(**values, extra={k: v for k, v in raw.items() if k not in known})
+        return block
+
+
+@dataclass
+class RepoConfig:
+    """A parsed config.json."""
+
+    architecture: str
+    model_args: dict[str, Any]
+    pretrained_cfg: dict[str, Any]
+    fit3d: Fit3DBlock = field(default_factory=Fit3DBlock)
+
+    @property
+    def base(self) -> BaseRef | None:
+        return self.fit3d.base
+
+    @property
+    def name(self) -> str | None:
+        return self.fit3d.name
+
+
+def read_config(path: str | Path) -> RepoConfig:
+    """Parse and check a repo's config.json; errors name the file and the field."""
+    path = Path(path)
+    raw = read_json_object(path, missing=f"missing; a FiT3D repo needs {CONFIG_NAME}")
+    architecture = raw.get("architecture")
+    if not isinstance(architecture, str):
+        raise RepoFormatError(f"{path}: field 'architecture' must be a str; got "
+                              f"{type(architecture).__name__}")
+    model_args = raw.get("model_args") or {}
+    pretrained_cfg = raw.get("pretrained_cfg") or {}
+    if not isinstance(model_args, dict):
+        raise RepoFormatError(f"{path}: field 'model_args' must be an object")
+    if not isinstance(pretrained_cfg, dict):
+        raise RepoFormatError(f"{path}: field 'pretrained_cfg' must be an object")
+    if "fit3d" not in raw:
+        raise RepoFormatError(f"{path}: no 'fit3d' block: this is a plain timm repo, not a "
+                              "FiT3D repo (load it with timm.create_model)")
+    if not isinstance(raw["fit3d"], dict):
+        raise RepoFormatError(f"{path}: field 'fit3d' must be a dict; got "
+                              f"{type(raw['fit3d']).__name__}")
+    return RepoConfig(architecture, model_args, pretrained_cfg,
+                      Fit3DBlock.from_json(raw["fit3d"], str(path)))

@@ -1,1 +1,0 @@
-"""Scene readers (nerfstudio, COLMAP) and the synthetic scene generator."""
