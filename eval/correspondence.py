@@ -36,15 +36,15 @@ from tqdm.auto import tqdm
 from eval.consistency import sample_features
 from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics, relative_rotation_degrees
 from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
+from fit3d_hub.results import BASELINES, Result
+from fit3d_hub.schema import MODES
 from fit3d_hub.weights import write_text_atomic
 from scenes.correspondence import correspondences
 from scenes.io import load_depth, load_rgb
 from scenes.load import load_scene, scene_paths
 from scenes.types import SceneError
 
-VARIANTS = ("original", "finetuned", "concat")
-BASELINES = ("zero-motion", "identity")
-ROWS = VARIANTS + BASELINES
+ROWS = MODES + BASELINES
 VIEW_CHOICES = ("auto", "all", "test")
 ROTATION_BINS = (0, 30, 60, 90, 120, 180)
 
@@ -76,10 +76,8 @@ def nearest_neighbours(features_a: torch.Tensor, features_b: torch.Tensor, uv_a:
 
 
 def variant_maps(out, variant: str) -> torch.Tensor:
-    if variant == "concat":
-        return torch.cat([F.normalize(out.original[0], dim=0),
-                          F.normalize(out.finetuned[0], dim=0)], dim=0)
-    return getattr(out, variant)[0]
+    """The (C, h, w) map of a mode: ``concat`` is the model's own output."""
+    return (out.features if variant == "concat" else getattr(out, variant))[0]
 
 
 def evaluate_pair(model: FiT3D, transform, image_a: np.ndarray, image_b: np.ndarray,
@@ -91,7 +89,7 @@ def evaluate_pair(model: FiT3D, transform, image_a: np.ndarray, image_b: np.ndar
     size_a = (image_a.shape[1], image_a.shape[0])
     size_b = (image_b.shape[1], image_b.shape[0])
     preds = {v: nearest_neighbours(variant_maps(outs[0], v), variant_maps(outs[1], v), uv_a,
-                                   size_a, size_b) for v in VARIANTS}
+                                   size_a, size_b) for v in MODES}
     preds["zero-motion"] = uv_a * (np.array(size_b, float) / np.array(size_a, float))
     preds["identity"] = nearest_neighbours(*(torch.from_numpy(im).permute(2, 0, 1)
                                              for im in (image_a, image_b)), uv_a, size_a, size_b)
@@ -213,8 +211,7 @@ def summarise(results: list[PairResult]) -> dict:
 
 def results_rows(summary: dict, dataset: str) -> list[dict]:
     """The ``results`` list of a results JSON (what ``fit3d-hub card --results`` reads)."""
-    return [{"task": "correspondence", "dataset": dataset, "dataset_name": dataset,
-             "metric": metric, "value": round(value, 3), "variant": variant}
+    return [Result("correspondence", dataset, dataset, metric, round(value, 3), variant).to_row()
             for variant, metrics in summary["overall"].items()
             for metric, value in metrics.items()]
 

@@ -60,10 +60,11 @@ from eval.protocols import (
     quick_seg,
 )
 from fit3d_hub import FiT3D, FiT3DError, load_fit3d
+from fit3d_hub.results import Result
+from fit3d_hub.schema import MODES
 from fit3d_hub.transforms import normalize
 from fit3d_hub.weights import write_text_atomic
 
-VARIANTS = ("original", "finetuned", "concat")
 Outputs = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """variant -> (feature map (B, C, h, w), CLS token (B, C)); concat carries the original's CLS."""
 
@@ -173,15 +174,15 @@ class ProbeHeads(torch.nn.Module):
 
     def forward(self, outputs: Outputs, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         if self.task == "seg":
-            return {v: self.heads[v](outputs[v][0], size) for v in VARIANTS}
-        return {v: self.heads[v](*outputs[v], size) for v in VARIANTS}
+            return {v: self.heads[v](outputs[v][0], size) for v in MODES}
+        return {v: self.heads[v](*outputs[v], size) for v in MODES}
 
 
 def head_loss(task: str, preds: dict[str, torch.Tensor], batch: Batch,
               protocol: SegProtocol | DepthProtocol, step: int) -> torch.Tensor:
     """Sum over variants of cross-entropy (seg) or SigLoss (+ the gradient term) (depth)."""
     total = 0.0
-    for v in VARIANTS:
+    for v in MODES:
         if task == "seg":
             total = total + cross_entropy(preds[v], batch.label, IGNORE)
         else:
@@ -232,13 +233,13 @@ def evaluate_quick(task: str, heads, records: list[dict], data: ProbeDataset,
     shard and the raw statistics (confusion matrices, per-image rows) are pooled."""
     heads.eval()
     conf = {v: torch.zeros(data.num_classes, data.num_classes, dtype=torch.long)
-            for v in VARIANTS}
-    rows: dict[str, list] = {v: [] for v in VARIANTS}
+            for v in MODES}
+    rows: dict[str, list] = {v: [] for v in MODES}
     device = next(heads.parameters()).device
     for i in range(0, len(records), batch_size):
         batch = collate(records[i:i + batch_size]).to(device)
         preds = heads(batch.outputs, target_size(task, batch))
-        for v in VARIANTS:
+        for v in MODES:
             if task == "seg":
                 conf[v] += confusion_matrix(preds[v].argmax(1).cpu(), batch.label.cpu(),
                                             data.num_classes)
@@ -251,7 +252,7 @@ def evaluate_quick(task: str, heads, records: list[dict], data: ProbeDataset,
 
 def pooled_metrics(task: str, conf: dict, rows: dict, accelerator=None) -> dict:
     out = {}
-    for v in VARIANTS:
+    for v in MODES:
         c, r = conf[v], rows[v]
         if accelerator is not None and accelerator.num_processes > 1:
             from accelerate.utils import gather_object
@@ -268,7 +269,7 @@ def slide_logits(model: FiT3D, heads, image: torch.Tensor, crop: tuple[int, int]
     _, _, h, w = image.shape
     rows = max(h - crop[0] + stride[0] - 1, 0) // stride[0] + 1
     cols = max(w - crop[1] + stride[1] - 1, 0) // stride[1] + 1
-    sums = {v: image.new_zeros((1, num_classes, h, w)) for v in VARIANTS}
+    sums = {v: image.new_zeros((1, num_classes, h, w)) for v in MODES}
     count = image.new_zeros((1, 1, h, w))
     for r in range(rows):
         for c in range(cols):
@@ -276,10 +277,10 @@ def slide_logits(model: FiT3D, heads, image: torch.Tensor, crop: tuple[int, int]
             y1, x1 = max(y2 - crop[0], 0), max(x2 - crop[1], 0)
             part = image[:, :, y1:y2, x1:x2]
             preds = heads(backbone_outputs(model, part, norm=True), tuple(part.shape[-2:]))
-            for v in VARIANTS:
+            for v in MODES:
                 sums[v][:, :, y1:y2, x1:x2] += preds[v]
             count[:, :, y1:y2, x1:x2] += 1
-    return {v: sums[v] / count for v in VARIANTS}
+    return {v: sums[v] / count for v in MODES}
 
 
 @torch.no_grad()
@@ -293,8 +294,8 @@ def evaluate_paper(task: str, model: FiT3D, heads, data: ProbeDataset, items: li
     heads.eval()
     device = next(model.parameters()).device
     conf = {v: torch.zeros(data.num_classes, data.num_classes, dtype=torch.long)
-            for v in VARIANTS}
-    rows: dict[str, list] = {v: [] for v in VARIANTS}
+            for v in MODES}
+    rows: dict[str, list] = {v: [] for v in MODES}
     for item in tqdm(items, desc=desc, leave=False, mininterval=1.0):
         image, label, depth = data.load(item)
         if task == "seg":
@@ -302,7 +303,7 @@ def evaluate_paper(task: str, model: FiT3D, heads, data: ProbeDataset, items: li
             x = normalised(model, resize_image(image.astype(np.float32), size)[None]).to(device)
             logits = slide_logits(model, heads, x, protocol.crop, protocol.slide_stride,
                                   data.num_classes)
-            for v in VARIANTS:
+            for v in MODES:
                 full = F.interpolate(logits[v], size=label.shape, mode="bilinear",
                                      align_corners=False)
                 conf[v] += confusion_matrix(full.argmax(1)[0].cpu(), torch.from_numpy(label),
@@ -316,10 +317,10 @@ def evaluate_paper(task: str, model: FiT3D, heads, data: ProbeDataset, items: li
         for k, view in enumerate(views):
             preds = heads(backbone_outputs(model, view, norm=False), depth.shape)
             preds = {v: (p.flip(-1) if k else p) for v, p in preds.items()}
-            total = preds if total is None else {v: total[v] + preds[v] for v in VARIANTS}
+            total = preds if total is None else {v: total[v] + preds[v] for v in MODES}
         gt = torch.from_numpy(depth)[None]
         mask = torch.from_numpy(eval_mask(depth, protocol.eval_crop))[None]
-        for v in VARIANTS:
+        for v in MODES:
             rows[v] += depth_metric_rows((total[v] / len(views)).cpu(), gt, data.min_depth,
                                          data.max_depth, masks=mask)
     heads.train()
@@ -409,8 +410,8 @@ TASK_NAMES = {"seg": "semantic-segmentation", "depth": "depth-estimation"}
 
 def results_payload(args, data: ProbeDataset, protocol, metrics: dict, timing: dict) -> dict:
     task = TASK_NAMES[args.task]
-    rows = [{"task": task, "dataset": data.name, "dataset_name": data.display_name, "metric": m,
-             "value": round(v, 4), "variant": variant, "protocol": protocol.name}
+    rows = [Result(task, data.name, data.display_name, m, round(v, 4), variant,
+                   protocol.name).to_row()
             for variant, values in metrics.items() for m, v in values.items()]
     return {"model": args.model, "task": task, "dataset": data.name,
             "protocol": protocol.name, "protocol_settings": _plain(protocol),

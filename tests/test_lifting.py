@@ -181,6 +181,51 @@ def test_opacity_reset_runs_on_schedule():
     assert strategy.resets_done == 1
 
 
+def test_a_gsplat_that_resets_itself_is_not_reset_twice(monkeypatch):
+    """Emulate gsplat's fixed release (it resets at every reset_every step): the repair must
+    see that and leave the reset to gsplat, so it happens once per schedule step."""
+    import gsplat.strategy.default as default
+    from gsplat.strategy.ops import reset_opa
+
+    import training.lifting.strategy as strategy_module
+
+    assert strategy_module.gsplat_resets_opacity() is False  # gsplat 1.5.3, as pinned
+    calls = []
+    fixed_parent = default.DefaultStrategy.step_post_backward
+
+    def fixed(self, params, optimizers, state, step, info, packed=False):
+        fixed_parent(self, params, optimizers, state, step, info, packed=packed)
+        if step < self.refine_stop_iter and step % self.reset_every == 0 and step > 0:
+            calls.append(step)
+            reset_opa(params=params, optimizers=optimizers, state=state,
+                      value=self.prune_opa * 2.0)
+
+    monkeypatch.setattr(default.DefaultStrategy, "step_post_backward", fixed)
+    strategy_module.gsplat_resets_opacity.cache_clear()
+    monkeypatch.setattr(strategy_module, "reset_opa", lambda **kw: calls.append("repair"))
+    try:
+        assert strategy_module.gsplat_resets_opacity() is True
+        n = 4
+        params = torch.nn.ParameterDict({
+            "means": torch.nn.Parameter(torch.randn(n, 3)),
+            "scales": torch.nn.Parameter(torch.full((n, 3), -3.0)),
+            "quats": torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1)),
+            "opacities": torch.nn.Parameter(torch.full((n,), 3.0)),
+        })
+        opts = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+        strategy = OpacityResetStrategy(refine_start_iter=1000, reset_every=200)
+        state = strategy.initialize_state()
+        means2d = torch.zeros(1, n, 2, requires_grad=True)
+        means2d.sum().backward()
+        info = {"width": 32, "height": 32, "n_cameras": 1, "radii": torch.ones(1, n, 2),
+                "gaussian_ids": None, "means2d": means2d}
+        calls.clear()
+        strategy.step_post_backward(params, opts, state, 200, info)
+        assert calls == [200] and strategy.resets_done == 1  # gsplat's reset, no repair
+    finally:
+        strategy_module.gsplat_resets_opacity.cache_clear()
+
+
 def test_ssim_of_identical_images_is_one_and_drops_with_noise():
     x = torch.rand(1, 3, 24, 24)
     assert torch.allclose(ssim(x, x), torch.ones_like(x), atol=1e-5)

@@ -20,12 +20,13 @@ from eval.augment import (
     seg_train_view,
 )
 from eval.datasets import IGNORE, open_dataset
-from eval.linear_probe import VARIANTS, backbone_outputs, slide_logits, train_probe
+from eval.linear_probe import backbone_outputs, slide_logits, train_probe
 from eval.linear_probe import main as probe_main
 from eval.probe_heads import DepthHead, cross_entropy, gradient_loss, grouped_sig_loss, sig_loss
 from eval.protocols import PAPER_DEPTH, PAPER_SEG, beta1_at, lr_at, quick_depth
 from fit3d_hub import FiT3D
 from fit3d_hub.results import load_results
+from fit3d_hub.schema import MODES as VARIANTS
 
 
 def test_schedules_follow_mmcv():

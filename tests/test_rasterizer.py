@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.lifting.rasterize import gsplat_available, rasterize
+from training.lifting.rasterize import backend, gsplat_available
 from training.lifting.sh import eval_sh
-from training.lifting.torch_rasterizer import project, quat_to_rotmat, rasterize_torch
+from training.lifting.torch_rasterizer import (
+    UNSUPPORTED,
+    project,
+    quat_to_rotmat,
+    rasterization,
+    rasterization_with_features,
+)
 
 
 def _scene(n: int = 40, seed: int = 0, dtype=torch.float64):
@@ -65,7 +71,7 @@ def _brute_force(means, quats, scales, opac, colors, viewmat, K, width, height):
 
 def test_matches_brute_force_compositing():
     means, quats, scales, opac, colors, viewmats, Ks = _scene()
-    render, alpha, info = rasterize_torch(means, quats, scales, opac, colors, viewmats, Ks, 32, 24)
+    render, alpha, info = rasterization(means, quats, scales, opac, colors, viewmats, Ks, 32, 24)
     expected = _brute_force(means, quats, scales, opac, colors, viewmats[0], Ks[0], 32, 24)
     assert render.shape == (1, 24, 32, 5) and alpha.shape == (1, 24, 32, 1)
     torch.testing.assert_close(render[0], expected, rtol=1e-6, atol=1e-7)
@@ -83,7 +89,7 @@ def test_opaque_stack_stops_at_transmittance_floor():
     opac = torch.full((n,), 0.98, dtype=torch.float64)
     colors = torch.eye(n, dtype=torch.float64)
     Ks = torch.tensor([[[20.0, 0, 8.5], [0, 20.0, 8.5], [0, 0, 1]]], dtype=torch.float64)
-    render, alpha, _ = rasterize_torch(means, quats, scales, opac, colors,
+    render, alpha, _ = rasterization(means, quats, scales, opac, colors,
                                        torch.eye(4, dtype=torch.float64)[None], Ks, 16, 16)
     centre = render[0, 8, 8]
     assert centre[0] == pytest.approx(0.98, abs=1e-9)
@@ -120,7 +126,7 @@ def test_culls_behind_camera_and_off_screen():
 def test_gradients_flow_to_all_inputs_and_means2d():
     means, quats, scales, opac, colors, viewmats, Ks = _scene(dtype=torch.float32)
     params = [t.requires_grad_() for t in (means, quats, scales, opac, colors)]
-    render, _, info = rasterize_torch(*params, viewmats, Ks, 32, 24)
+    render, _, info = rasterization(*params, viewmats, Ks, 32, 24)
     info["means2d"].retain_grad()
     render.square().sum().backward()
     for p in params:
@@ -135,7 +141,7 @@ def test_gradcheck_small_scene():
     opac.requires_grad_()
 
     def f(m, c, o):
-        return rasterize_torch(m, quats, scales, o, c, viewmats, Ks, 12, 10)[0]
+        return rasterization(m, quats, scales, o, c, viewmats, Ks, 12, 10)[0]
 
     assert torch.autograd.gradcheck(f, (means, colors, opac), eps=1e-6, atol=1e-5)
 
@@ -169,8 +175,10 @@ def test_gsplat_matches_torch_backend():
     for colors, deg in ((feats, None), (sh, 3)):
         inputs = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
         ref_inputs = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
-        out, alpha, _ = rasterize("gsplat", *inputs, viewmats, Ks, 128, 96, sh_degree=deg)
-        ref, ref_alpha, _ = rasterize("torch", *ref_inputs, viewmats, Ks, 128, 96, sh_degree=deg)
+        out, alpha, _ = backend("gsplat").rasterization(*inputs, viewmats, Ks, 128, 96,
+                                                        sh_degree=deg, packed=False)
+        ref, ref_alpha, _ = backend("torch").rasterization(*ref_inputs, viewmats, Ks, 128, 96,
+                                                           sh_degree=deg)
         torch.testing.assert_close(out, ref, rtol=1e-3, atol=2e-3)
         torch.testing.assert_close(alpha, ref_alpha, rtol=1e-3, atol=2e-3)
         weight = torch.randn_like(out)
@@ -209,11 +217,65 @@ def test_equal_depth_gaussians_composite_in_index_order():
             t = t * (1 - alpha[i])
         return weights
 
-    render, _, _ = rasterize_torch(means, quats, scales, opac, colors, viewmats, Ks, 16, 16)
+    render, _, _ = rasterization(means, quats, scales, opac, colors, viewmats, Ks, 16, 16)
     torch.testing.assert_close(render[0, 8, 8], expected(range(n)))
     # the same Gaussians listed in another order composite in that order
     perm = torch.randperm(n, generator=g)
-    again, _, _ = rasterize_torch(means[perm], quats, scales, opac[perm], colors[perm],
+    again, _, _ = rasterization(means[perm], quats, scales, opac[perm], colors[perm],
                                   viewmats, Ks, 16, 16)
     torch.testing.assert_close(again[0, 8, 8], expected(perm.tolist()))
     assert not torch.allclose(again[0, 8, 8], render[0, 8, 8])
+
+
+def test_the_contract_is_gsplats_signature():
+    import inspect
+
+    ours = inspect.signature(rasterization).parameters
+    gsplat = pytest.importorskip("gsplat")
+    theirs = inspect.signature(gsplat.rasterization).parameters
+    for name, param in theirs.items():
+        if name in ours:
+            assert ours[name].default == param.default or param.default is inspect._empty, name
+        else:  # accepted through **options at gsplat's default, refused otherwise
+            assert name in UNSUPPORTED or name == "rolling_shutter", name
+    means, quats, scales, opac, colors, viewmats, Ks = _scene(n=4)
+    with pytest.raises(ValueError, match="camera_model='fisheye': the PyTorch rasterizer"):
+        rasterization(means, quats, scales, opac, colors, viewmats, Ks, 8, 8,
+                      camera_model="fisheye")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        rasterization(means, quats, scales, opac, colors, viewmats, Ks, 8, 8, nope=1)
+
+
+def test_render_modes_and_backgrounds():
+    means, quats, scales, opac, colors, viewmats, Ks = _scene(n=30)
+    rgb, alpha, meta = rasterization(means, quats, scales, opac, colors[:, :3], viewmats, Ks,
+                                     32, 24)
+    both, _, _ = rasterization(means, quats, scales, opac, colors[:, :3], viewmats, Ks, 32, 24,
+                               render_mode="RGB+D")
+    torch.testing.assert_close(both[..., :3], rgb)
+    depth_only, _, _ = rasterization(means, quats, scales, opac, colors[:, :3], viewmats, Ks,
+                                     32, 24, render_mode="D")
+    expected, _, _ = rasterization(means, quats, scales, opac, meta["depths"][0, :, None],
+                                   viewmats, Ks, 32, 24)
+    torch.testing.assert_close(depth_only, expected)
+    ed, _, _ = rasterization(means, quats, scales, opac, colors[:, :3], viewmats, Ks, 32, 24,
+                             render_mode="ED")
+    torch.testing.assert_close(ed, expected / alpha.clamp_min(1e-10))
+    bg = torch.tensor([[0.2, 0.4, 0.6]], dtype=rgb.dtype)
+    on_bg, _, _ = rasterization(means, quats, scales, opac, colors[:, :3], viewmats, Ks, 32, 24,
+                                backgrounds=bg)
+    torch.testing.assert_close(on_bg, rgb + (1 - alpha) * bg)
+
+
+def test_features_share_the_weights_but_not_the_gradient():
+    means, quats, scales, opac, colors, viewmats, Ks = _scene(n=30, dtype=torch.float32)
+    feats = torch.randn(30, 7, requires_grad=True)
+    geo = [t.requires_grad_() for t in (means, quats, scales, opac)]
+    _, alpha, rendered, _ = rasterization_with_features(
+        *geo, colors[:, :3], feats, viewmats, Ks, 32, 24, sh_degree=None)
+    plain, plain_alpha, _ = rasterization(*geo, feats, viewmats, Ks, 32, 24)
+    torch.testing.assert_close(rendered, plain)  # same blending weights
+    torch.testing.assert_close(alpha, plain_alpha)
+    rendered.sum().backward()
+    assert feats.grad.abs().sum() > 0
+    assert all(t.grad is None for t in geo)  # features never move the geometry

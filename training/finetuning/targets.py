@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fit3d_hub.transforms import FiT3DTransform, resize_images
 from training.finetuning.data import LiftedScene
-from training.lifting.rasterize import rasterize
+from training.lifting.rasterize import NEAR_PLANE, backend
 
 
 @dataclass
@@ -20,23 +20,25 @@ class Sample:
 
 
 @torch.no_grad()
-def render_target(scene: LiftedScene, view: int, backend: str, device: torch.device
+def render_target(scene: LiftedScene, view: int, backend_name: str, device: torch.device
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded features (C, H, W) and coverage alpha (1, H, W) of one view, at render size."""
     g = scene.gaussians
     geo = {k: v.to(device) for k, v in g.activated().items()}
     width, height = scene.render_size
-    feats, alpha, _ = rasterize(
-        backend, geo["means"], geo["quats"], geo["scales"], geo["opacities"],
+    feats, alpha, _ = backend(backend_name).rasterization(
+        geo["means"], geo["quats"], geo["scales"], geo["opacities"],
         g.splats["features"].to(device), scene.views.viewmats[view:view + 1].to(device),
-        scene.views.Ks[view:view + 1].to(device), width, height)
+        scene.views.Ks[view:view + 1].to(device), width, height, near_plane=NEAR_PLANE,
+        packed=False, channel_chunk=max(32, g.splats["features"].shape[-1]))
     decoder = g.decoder.to(device)
     decoded = decoder(feats.permute(0, 3, 1, 2))[0]
     return decoded, alpha[0].permute(2, 0, 1)
 
 
 def make_sample(scene: LiftedScene, view: int, flip: bool, transform: FiT3DTransform,
-                backend: str, device: torch.device, coverage_mask: bool = False) -> Sample:
+                backend_name: str, device: torch.device, coverage_mask: bool = False
+                ) -> Sample:
     """The authors' Stage 2 sample: the stored image through the one preprocessing path, the
     features rendered at full render size and decoded, then (after the flip) both the target
     and the scene mask bilinearly resized to the token grid; the resized mask weights the L1.
@@ -44,7 +46,7 @@ def make_sample(scene: LiftedScene, view: int, flip: bool, transform: FiT3DTrans
     ``coverage_mask`` (ours, off by default) also drops tokens that the Gaussians do not
     fully cover (alpha > 0.5 on more than 99% of their pixels).
     """
-    decoded, alpha = render_target(scene, view, backend, device)
+    decoded, alpha = render_target(scene, view, backend_name, device)
     views = scene.views
     image = transform.batch(views.images[view:view + 1].permute(0, 3, 1, 2).to(device))[0]
     mask = (views.masks[view:view + 1].to(device).float() if views.masks is not None

@@ -1,15 +1,29 @@
-"""One rasterizer interface over two backends: gsplat (CUDA) and the PyTorch reference."""
+"""The rasterizer backends behind one contract: gsplat's ``rasterization``.
+
+Each backend is a pair: ``rasterization`` (gsplat's arguments and return tuple) and
+``rasterization_with_features`` (RGB with trainable geometry plus per-Gaussian features
+blended on the detached geometry: FiT3D's gradient separation). gsplat (CUDA) renders the
+two with two calls; the PyTorch backend shares one projection and sort.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
-from training.lifting.torch_rasterizer import rasterize_torch
+from training.lifting import torch_rasterizer
 
 BACKENDS = ("auto", "gsplat", "torch")
 NEAR_PLANE = 0.2
 """Gaussians closer to the camera are culled: 3DGS's ``in_frustum`` (z <= 0.2), which the
 authors' rasterizer keeps (gsplat's own default is 0.01)."""
+
+
+class Backend(NamedTuple):
+    rasterization: Callable
+    rasterization_with_features: Callable
 
 
 def gsplat_available() -> bool:
@@ -34,50 +48,37 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def rasterize(backend: str, means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
-              opacities: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
-              Ks: torch.Tensor, width: int, height: int,
-              sh_degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Render (C, H, W, D) colours/features and (C, H, W, 1) alphas, plus gsplat-style info.
+def _gsplat_rasterization(*args, **kwargs):
+    from gsplat import rasterization
 
-    Inputs follow ``gsplat.rasterization``: activated scales and opacities, unnormalised
-    quaternions (w, x, y, z), OpenCV world-to-camera ``viewmats``.
-    """
-    if backend == "torch":
-        return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width,
-                               height, sh_degree=sh_degree, near_plane=NEAR_PLANE)
-    if backend == "gsplat":
-        from gsplat import rasterization
-
-        channels = colors.shape[-1]
-        return rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            sh_degree=sh_degree, packed=False, near_plane=NEAR_PLANE,
-            # one launch for all feature channels (gsplat's default chunk is 32)
-            channel_chunk=max(32, channels),
-        )
-    raise ValueError(f"unknown rasterizer backend {backend!r}")
+    return rasterization(*args, **kwargs)
 
 
-def rasterize_rgb_and_features(backend: str, means: torch.Tensor, quats: torch.Tensor,
-                               scales: torch.Tensor, opacities: torch.Tensor,
-                               sh_coeffs: torch.Tensor, features: torch.Tensor,
-                               viewmats: torch.Tensor, Ks: torch.Tensor,
-                               width: int, height: int, sh_degree: int
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """RGB with trainable geometry, and features rendered on the *detached* geometry.
+def _gsplat_with_features(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
+                          opacities: torch.Tensor, colors: torch.Tensor,
+                          features: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
+                          width: int, height: int, **kwargs):
+    """Two gsplat calls: RGB on the trainable geometry, features on the detached one."""
+    rgb, alpha, meta = _gsplat_rasterization(means, quats, scales, opacities, colors, viewmats,
+                                             Ks, width, height, **kwargs)
+    plain = {k: v for k, v in kwargs.items() if k != "sh_degree"}
+    # one launch for all feature channels (gsplat's default chunk is 32)
+    plain["channel_chunk"] = max(32, features.shape[-1])
+    feats, _, _ = _gsplat_rasterization(means.detach(), quats.detach(), scales.detach(),
+                                        opacities.detach(), features, viewmats, Ks, width,
+                                        height, **plain)
+    return rgb, alpha, feats, meta
 
-    FiT3D's gradient separation: the RGB render is the only path from the losses to means,
-    quats, scales and opacities; the feature render reaches only the features. Returns
-    (rgb (C, H, W, 3), alpha (C, H, W, 1), features (C, H, W, D), info of the RGB render).
-    """
-    if backend == "torch":
-        rgb, alpha, info = rasterize_torch(means, quats, scales, opacities, sh_coeffs, viewmats,
-                                           Ks, width, height, sh_degree=sh_degree,
-                                           near_plane=NEAR_PLANE, detached_features=features)
-        return rgb, alpha, info.pop("features"), info
-    rgb, alpha, info = rasterize(backend, means, quats, scales, opacities, sh_coeffs, viewmats,
-                                 Ks, width, height, sh_degree=sh_degree)
-    feats, _, _ = rasterize(backend, means.detach(), quats.detach(), scales.detach(),
-                            opacities.detach(), features, viewmats, Ks, width, height)
-    return rgb, alpha, feats, info
+
+PAIRS = {
+    "torch": Backend(torch_rasterizer.rasterization,
+                     torch_rasterizer.rasterization_with_features),
+    "gsplat": Backend(_gsplat_rasterization, _gsplat_with_features),
+}
+
+
+def backend(name: str) -> Backend:
+    """The (rasterization, rasterization_with_features) pair of a resolved backend name."""
+    if name not in PAIRS:
+        raise ValueError(f"unknown rasterizer backend {name!r}")
+    return PAIRS[name]

@@ -34,8 +34,8 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
 
 def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
             viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
-            eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10
-            ) -> dict[str, torch.Tensor]:
+            eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10,
+            radius_clip: float = 0.0) -> dict[str, torch.Tensor]:
     """EWA projection of N Gaussians into C cameras.
 
     Returns ``means2d`` (C, N, 2), ``conics`` (C, N, 3) (upper triangle of the inverse 2D
@@ -65,18 +65,23 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     a = cov2d[..., 0, 0] + eps2d
     b = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
     c = cov2d[..., 1, 1] + eps2d
+    det_blur = cov2d[..., 0, 0] * cov2d[..., 1, 1] - b * b
     det = (a * c - b * b).clamp_min(1e-10)
+    # gsplat's antialiased mode scales opacity by this (the blur's energy compensation)
+    compensations = torch.sqrt(torch.clamp_min(det_blur / det, 0.0))
     conics = torch.stack([c / det, -b / det, a / det], -1)
     means2d = torch.stack([fx * tx / safe_z + cx, fy * ty / safe_z + cy], -1)
     with torch.no_grad():
         radii = torch.stack([torch.ceil(RADIUS_SIGMAS * a.sqrt()),
                              torch.ceil(RADIUS_SIGMAS * c.sqrt())], -1)
-        valid = (det > 0) & (tz > near_plane) & (tz < far_plane)
+        valid = (det > 0) & (tz > near_plane) & (tz < far_plane) \
+            & (radii.amax(-1) > radius_clip)
         inside = ((means2d[..., 0] + radii[..., 0] > 0) & (means2d[..., 0] - radii[..., 0] < width)
                   & (means2d[..., 1] + radii[..., 1] > 0)
                   & (means2d[..., 1] - radii[..., 1] < height))
         radii = torch.where((valid & inside)[..., None], radii, torch.zeros_like(radii)).int()
-    return {"means2d": means2d, "conics": conics, "depths": tz, "radii": radii}
+    return {"means2d": means2d, "conics": conics, "depths": tz, "radii": radii,
+            "compensations": compensations}
 
 
 def _pairs(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int,
@@ -112,13 +117,15 @@ def _pairs(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, wid
 
 
 def _alpha(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor,
-           flat: torch.Tensor, gid: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Alpha of each (pixel, Gaussian) pair; 0 where below 1/255 (skipped, as gsplat does)."""
+           flat: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Alpha of each (pixel, Gaussian) pair; 0 where below 1/255 (skipped, as gsplat does).
+    ``opacities`` are per camera and Gaussian (C, N)."""
     delta = xy.to(means2d.dtype) + 0.5 - means2d.reshape(-1, 2).index_select(0, flat)
     con = conics.reshape(-1, 3).index_select(0, flat)
     sigma = 0.5 * (con[:, 0] * delta[:, 0] ** 2 + con[:, 2] * delta[:, 1] ** 2) \
         + con[:, 1] * delta[:, 0] * delta[:, 1]
-    alpha = torch.clamp_max(opacities.index_select(0, gid) * torch.exp(-sigma), ALPHA_MAX)
+    alpha = torch.clamp_max(opacities.reshape(-1).index_select(0, flat) * torch.exp(-sigma),
+                            ALPHA_MAX)
     return torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
 
 
@@ -145,11 +152,11 @@ def composite_weights(means2d: torch.Tensor, conics: torch.Tensor, opacities: to
     pcam, pgid, pixel, xy = _pairs(means2d, radii, depths, width, height)
     flat = pcam * means2d.shape[1] + pgid
     with torch.no_grad():
-        alpha = _alpha(means2d, conics, opacities, flat, pgid, xy)
+        alpha = _alpha(means2d, conics, opacities, flat, xy)
         t_before = _transmittance(alpha, pixel)
         keep = (alpha > 0) & (t_before * (1 - alpha.double()) > T_MIN)
-    flat, pgid, pixel, xy = flat[keep], pgid[keep], pixel[keep], xy[keep]
-    alpha = _alpha(means2d, conics, opacities, flat, pgid, xy)
+    flat, pixel, xy = flat[keep], pixel[keep], xy[keep]
+    alpha = _alpha(means2d, conics, opacities, flat, xy)
     weights = alpha * _transmittance(alpha, pixel).to(alpha.dtype)
     return weights, flat, pixel
 
@@ -178,39 +185,120 @@ def _colors(means: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
     return colors if colors.dim() == 3 else colors[None].expand(n_cams, *colors.shape)
 
 
-def rasterize_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
-                    opacities: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
-                    Ks: torch.Tensor, width: int, height: int,
-                    sh_degree: int | None = None, eps2d: float = 0.3,
-                    near_plane: float = 0.01, far_plane: float = 1e10,
-                    detached_features: torch.Tensor | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Render ``colors`` of N Gaussians into C cameras, like ``gsplat.rasterization``.
+UNSUPPORTED = {"distributed": False, "camera_model": "pinhole", "segmented": False,
+               "covars": None, "with_ut": False, "with_eval3d": False, "radial_coeffs": None,
+               "tangential_coeffs": None, "thin_prism_coeffs": None, "ftheta_coeffs": None,
+               "viewmats_rs": None}
+"""gsplat arguments this backend accepts only at their defaults (it renders undistorted
+pinhole cameras on one device)."""
+RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
-    ``colors``: (N, D) or (C, N, D) values, or (N, K, 3) SH coefficients with
-    ``sh_degree`` (rendered as SH + 0.5, clamped at 0). Returns renders (C, H, W, D),
-    alphas (C, H, W, 1) and ``info`` with ``means2d`` (kept for densification), ``radii``,
-    ``depths``, ``conics``, ``width``, ``height``, ``n_cameras``, ``gaussian_ids``.
 
-    ``detached_features`` (N, F), if given, are rendered with the same blending weights
-    detached from the geometry (gradients reach only the features) into
-    ``info["features"]`` (C, H, W, F): the second render FiT3D needs, at no extra
-    projection or sorting cost.
+def _check_supported(options: dict) -> None:
+    for key, value in options.items():
+        if key == "rolling_shutter":
+            if getattr(value, "name", str(value)) not in ("GLOBAL", "4"):
+                raise ValueError(f"rolling_shutter={value!r}: the PyTorch rasterizer renders "
+                                 "global-shutter cameras only")
+            continue
+        if key not in UNSUPPORTED:
+            raise TypeError(f"rasterization() got an unexpected keyword argument {key!r}")
+        default = UNSUPPORTED[key]
+        if (value is not default) and value != default:
+            raise ValueError(f"{key}={value!r}: the PyTorch rasterizer supports only "
+                             f"{key}={default!r} (gsplat on CUDA supports the rest)")
+
+
+def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
+                  opacities: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
+                  Ks: torch.Tensor, width: int, height: int, near_plane: float = 0.01,
+                  far_plane: float = 1e10, radius_clip: float = 0.0, eps2d: float = 0.3,
+                  sh_degree: int | None = None, packed: bool = True, tile_size: int = 16,
+                  backgrounds: torch.Tensor | None = None, render_mode: str = "RGB",
+                  sparse_grad: bool = False, absgrad: bool = False,
+                  rasterize_mode: str = "classic", channel_chunk: int = 32, **options,
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``gsplat.rasterization`` in PyTorch: the same arguments, the same returns.
+
+    Renders (C, H, W, D) colours (SH + 0.5 clamped at 0 with ``sh_degree``, else the given
+    (N, D) or (C, N, D) values; ``render_mode`` appends expected (``D``) or alpha-normalised
+    (``ED``) depth), (C, H, W, 1) alphas, and ``meta`` with what gsplat's strategies read
+    (``means2d``, ``radii``, ``depths``, ``conics``, ``width``, ``height``, ``n_cameras``,
+    ``gaussian_ids``). ``packed``, ``tile_size``, ``sparse_grad`` and ``channel_chunk``
+    change how gsplat schedules work, not the result, and are ignored; ``absgrad`` is not
+    tracked. Distortion, rolling shutter and distributed rendering raise ``ValueError``.
     """
+    _check_supported(options)
+    if render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode must be one of {', '.join(RENDER_MODES)}; "
+                         f"got {render_mode!r}")
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased'; "
+                         f"got {rasterize_mode!r}")
+    renders, alphas, meta = _render(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+        sh_degree=sh_degree, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        radius_clip=radius_clip, antialiased=rasterize_mode == "antialiased",
+        depth=render_mode != "RGB")
+    if render_mode != "RGB":
+        depth = renders[..., -1:]
+        if render_mode.endswith("ED"):
+            depth = depth / alphas.clamp_min(1e-10)
+        color = renders[..., :-1]
+        renders = depth if render_mode in ("D", "ED") else torch.cat([color, depth], -1)
+    if backgrounds is not None:
+        renders = renders + (1 - alphas) * backgrounds[:, None, None, :]
+    return renders, alphas, meta
+
+
+def rasterization_with_features(means: torch.Tensor, quats: torch.Tensor,
+                                scales: torch.Tensor, opacities: torch.Tensor,
+                                colors: torch.Tensor, features: torch.Tensor,
+                                viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
+                                height: int, **kwargs
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """RGB with trainable geometry and (N, F) ``features`` blended with the same weights,
+    detached from the geometry: FiT3D's two renders from one projection and sort.
+
+    Returns (colours, alphas, features (C, H, W, F), meta); keyword arguments as
+    :func:`rasterization` (``render_mode`` RGB only).
+    """
+    if kwargs.get("render_mode", "RGB") != "RGB" or kwargs.get("backgrounds") is not None:
+        raise ValueError("rasterization_with_features renders RGB without background")
+    _check_supported({k: v for k, v in kwargs.items() if k in UNSUPPORTED})
+    known = ("near_plane", "far_plane", "radius_clip", "eps2d", "sh_degree")
+    return _render(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                   detached_features=features,
+                   antialiased=kwargs.get("rasterize_mode", "classic") == "antialiased",
+                   **{k: kwargs[k] for k in known if k in kwargs})
+
+
+def _render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
+            opacities: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
+            Ks: torch.Tensor, width: int, height: int, sh_degree: int | None = None,
+            eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10,
+            radius_clip: float = 0.0, antialiased: bool = False, depth: bool = False,
+            detached_features: torch.Tensor | None = None):
+    """Project, sort and composite; with ``detached_features`` also their render (4-tuple)."""
     proj = project(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane,
-                   far_plane)
+                   far_plane, radius_clip)
     n_cams, n = viewmats.shape[0], means.shape[0]
-    colors = _colors(means, colors, viewmats, sh_degree)
+    values = _colors(means, colors, viewmats, sh_degree)
+    if depth:
+        values = torch.cat([values, proj["depths"][..., None]], -1)
+    opac = opacities[None].expand(n_cams, n)
+    if antialiased:
+        opac = opac * proj["compensations"]
     weights, flat, pixel = composite_weights(
-        proj["means2d"], proj["conics"], opacities, proj["radii"], proj["depths"], width, height)
+        proj["means2d"], proj["conics"], opac, proj["radii"], proj["depths"], width, height)
     total = n_cams * height * width
-    renders = splat(weights, flat, pixel, colors.reshape(n_cams * n, -1), total)
+    renders = splat(weights, flat, pixel, values.reshape(n_cams * n, -1), total)
     alphas = torch.zeros(total, dtype=weights.dtype, device=weights.device).index_add(
         0, pixel, weights)
-    info = {**proj, "width": width, "height": height, "n_cameras": n_cams,
-            "gaussian_ids": None}
-    if detached_features is not None:
-        feats = splat(weights.detach(), flat % n, pixel, detached_features, total)
-        info["features"] = feats.reshape(n_cams, height, width, -1)
-    return (renders.reshape(n_cams, height, width, -1),
-            alphas.reshape(n_cams, height, width, 1), info)
+    meta = {**proj, "opacities": opac, "width": width, "height": height, "n_cameras": n_cams,
+            "camera_ids": None, "gaussian_ids": None, "tile_size": None}
+    out = (renders.reshape(n_cams, height, width, -1), alphas.reshape(n_cams, height, width, 1))
+    if detached_features is None:
+        return (*out, meta)
+    feats = splat(weights.detach(), flat % n, pixel, detached_features, total)
+    return (*out, feats.reshape(n_cams, height, width, -1), meta)

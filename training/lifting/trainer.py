@@ -14,7 +14,7 @@ from scenes.types import Scene
 from scenes.views import SceneImages
 from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
 from training.lifting.losses import feature_loss, fill_masked, psnr, rgb_loss
-from training.lifting.rasterize import rasterize_rgb_and_features
+from training.lifting.rasterize import NEAR_PLANE, backend
 from training.lifting.strategy import OpacityResetStrategy
 from training.lifting.teacher import upsample_teacher
 
@@ -85,15 +85,15 @@ class LiftResult:
     history: list[dict[str, float]]
 
 
-def render_views(gaussians: FeatureGaussians, views: SceneViews, index: int, backend: str,
-                 sh_degree: int) -> dict:
+def render_views(gaussians: FeatureGaussians, views: SceneViews, index: int,
+                 backend_name: str, sh_degree: int) -> dict:
     """RGB (geometry trainable) and decoded features (geometry detached) of one view."""
     cam = slice(index, index + 1)
     geo = gaussians.activated()
-    rgb, alpha, feats, info = rasterize_rgb_and_features(
-        backend, geo["means"], geo["quats"], geo["scales"], geo["opacities"],
-        gaussians.sh_coeffs(), gaussians.splats["features"], views.viewmats[cam],
-        views.Ks[cam], views.width, views.height, sh_degree)
+    rgb, alpha, feats, info = backend(backend_name).rasterization_with_features(
+        geo["means"], geo["quats"], geo["scales"], geo["opacities"], gaussians.sh_coeffs(),
+        gaussians.splats["features"], views.viewmats[cam], views.Ks[cam], views.width,
+        views.height, sh_degree=sh_degree, near_plane=NEAR_PLANE, packed=False)
     decoded = gaussians.decoder(feats.permute(0, 3, 1, 2))
     return {"rgb": rgb.permute(0, 3, 1, 2), "alpha": alpha, "features": feats,
             "decoded": decoded, "info": info}
