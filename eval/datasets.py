@@ -137,6 +137,19 @@ def _stems(listing: Path) -> list[str]:
             if ln.strip()]
 
 
+def _listed_pairs(listing: Path, expected: str) -> list[tuple[str, str]]:
+    """(first, second) of each non-empty line of a split list; a short line is named."""
+    pairs = []
+    for n, line in enumerate(listing.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise DatasetError(f"{listing}:{n}: expected {expected}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
 def ade20k(root: Path) -> ProbeDataset:
     def split(name: str) -> list[Item]:
         images = sorted(_need(root / "images" / name, "ADE20K images").glob("*.jpg"))
@@ -206,16 +219,10 @@ def _scannetpp_authors(root: Path, num_classes: int) -> ProbeDataset:
 
     def split(folder: str, listing: str) -> list[Item]:
         depth_of = {}
-        path = root / listing
-        if path.is_file():
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) < 2:
-                    raise DatasetError(f"{path}:{n}: expected '<image path> <depth path>'")
-                if parts[1] != "None":
-                    depth_of[(root / parts[0].lstrip("/")).resolve()] = root / parts[1].lstrip("/")
+        if (root / listing).is_file():
+            for image, depth in _listed_pairs(root / listing, "'<image path> <depth path>'"):
+                if depth != "None":
+                    depth_of[(root / image.lstrip("/")).resolve()] = root / depth.lstrip("/")
         images = sorted(_need(root / "images" / folder, "ScanNet++ images").glob("*.JPG"))
         items = [Item(p, root / "annotations" / folder / f"{p.stem}.png",
                       depth_of.pop(p.resolve(), None)) for p in images]
@@ -230,15 +237,8 @@ def _scannetpp_authors(root: Path, num_classes: int) -> ProbeDataset:
 def kitti(root: Path) -> ProbeDataset:
     def split(name: str) -> list[Item]:
         listing = _need(root / f"eigen_{name}_files.txt", "KITTI Eigen split")
-        items = []
-        for n, line in enumerate(listing.read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise DatasetError(f"{listing}:{n}: expected '<rgb path> <depth path> [focal]'")
-            items.append(Item(root / parts[0], None, root / parts[1]))
-        return items
+        return [Item(root / rgb, None, root / depth) for rgb, depth in
+                _listed_pairs(listing, "'<rgb path> <depth path> [focal]'")]
 
     return ProbeDataset("kitti", split("train"), split("test"), max_depth=80.0,
                         depth_scale=256.0)
