@@ -175,3 +175,34 @@ def test_plain_timm_sees_the_statistics_the_weights_were_trained_with(name, tmp_
     for vit in (loaded.original, loaded.finetuned):
         got = timm.data.resolve_model_data_config(vit)
         assert {k: tuple(got[k]) for k in expected} == expected
+
+
+def test_layer_and_norm_in_config_are_honoured(tiny_pair, tmp_path):
+    model = FiT3D(*tiny_pair, layer=0, norm=False)
+    model.save_pretrained(tmp_path / "repo")
+    block = read_config(tmp_path / "repo" / "config.json").fit3d
+    assert (block.layer, block.norm, block.fusion) == (0, False, "concat")
+    loaded = load_fit3d(tmp_path / "repo")
+    assert (loaded.layer, loaded.norm) == (0, False)
+    with torch.no_grad():
+        expected = [vit.forward_intermediates(X, indices=[0], norm=False,
+                                              intermediates_only=True)[0] for vit in tiny_pair]
+        torch.testing.assert_close(loaded(X), torch.cat(expected, dim=1))
+        assert not torch.allclose(loaded(X), by_hand(*tiny_pair, X))
+    raw = json.loads((tmp_path / "repo" / "config.json").read_text())
+    raw["fit3d"]["fusion"] = "sum"
+    (tmp_path / "repo" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(RepoFormatError, match="'fit3d.fusion' is 'sum'"):
+        load_fit3d(tmp_path / "repo")
+
+
+def test_fit3d_block_round_trips_unknown_keys(tiny_pair, tmp_path):
+    model = FiT3D(*tiny_pair)
+    model.save_pretrained(tmp_path / "repo")
+    raw = json.loads((tmp_path / "repo" / "config.json").read_text())
+    raw["fit3d"]["from_the_future"] = {"x": 1}
+    (tmp_path / "repo" / "config.json").write_text(json.dumps(raw))
+    loaded = load_fit3d(tmp_path / "repo")
+    loaded.save_pretrained(tmp_path / "again", include_base=True)
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["fit3d"]["from_the_future"] == {"x": 1}
