@@ -13,7 +13,9 @@ weights), timed interleaved; the ratio is what the cache saves. On CUDA it also 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,7 +96,22 @@ def teacher_cache_ratio(device: torch.device, workdir: Path, size: int, repeats:
     return {"cached_s": c, "recompute_s": r, "ratio": r / c}
 
 
+def _row(backend: str, size: int, n: int, iterations: int) -> dict:
+    """One table row: steps per second, then the peak a short run adds (own process)."""
+    device = torch.device("cuda" if backend == "gsplat" else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        scene, views = make_views(size, device, Path(tmp), n)
+        rate = iterations_per_second(scene, views, n, backend, device, iterations)
+        peak = peak_memory(lambda: iterations_per_second(scene, views, n, backend, device, 3),
+                           device)
+    return {"rate": rate, "peak": peak, "width": views.width, "height": views.height}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_row":
+        print(json.dumps(_row(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                              int(sys.argv[5]))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--sizes", default="64,128")
@@ -112,17 +129,17 @@ def main() -> None:
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
-            device = torch.device("cuda" if backend == "gsplat" else "cpu")
             for size in sizes:
                 for n in counts:
-                    scene, views = make_views(size, device, Path(tmp), n)
-                    rate = iterations_per_second(scene, views, n, backend, device,
-                                                 args.iterations)
-                    rates[(backend, size, n)] = rate
-                    peak = peak_memory(lambda s=scene, v=views, n=n, b=backend, d=device:
-                                       iterations_per_second(s, v, n, b, d, 3), device)
-                    print(f"{backend:8} {views.width:4}x{views.height:<4} {n:9} {rate:8.2f} "
-                          f"{peak / 2**20:9.1f}")
+                    # each row in a fresh process: memory an earlier row freed stays in the
+                    # allocator and would hide this row's growth
+                    out = subprocess.run([sys.executable, __file__, "_row", backend, str(size),
+                                          str(n), str(args.iterations)],
+                                         capture_output=True, text=True, check=True)
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    rates[(backend, size, n)] = row["rate"]
+                    print(f"{backend:8} {row['width']:4}x{row['height']:<4} {n:9} "
+                          f"{row['rate']:8.2f} {row['peak'] / 2**20:9.1f}", flush=True)
         if "gsplat" in backends:
             for size in sizes:
                 for n in counts:

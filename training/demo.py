@@ -43,7 +43,9 @@ class DemoSettings:
     scenes: int = 1
     views: int = 16
     size: int = 64
-    lift_iterations: int = 300
+    lift_iterations: int = 200
+    points: int = 2000
+    """Initial Gaussians (from at most this many scene points)."""
     epochs: int = 12
     lr: float = 1e-3
     holdout_every: int = 4
@@ -142,7 +144,7 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None,
 
     t = time.perf_counter()
     lift_config = replace(
-        LiftConfig(iterations=s.lift_iterations, max_points=2000, seed=s.seed,
+        LiftConfig(iterations=s.lift_iterations, max_points=s.points, seed=s.seed,
                    holdout_every=s.holdout_every, lr=SHORT_RUN_RATES),
         **schedule_for(s.lift_iterations))
     summary = lift_scenes(output / "scenes", backbone, output / "lifted", lift_config,

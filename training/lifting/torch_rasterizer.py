@@ -1,12 +1,12 @@
-"""Pure-PyTorch Gaussian rasterizer: the CPU reference, differentiable by autograd.
+"""Pure-PyTorch Gaussian rasterizer: gsplat's ``rasterization`` on any device.
 
 It follows gsplat's conventions so the two backends are interchangeable: OpenCV
 world-to-camera ``viewmats``, pixel centres at ``+0.5``, a 2D covariance blur ``eps2d``
 (0.3), screen radii of 3.33 sigma per axis, alpha clamped at 0.999, contributions below
-1/255 skipped, front-to-back compositing by camera-space depth that stops before the
-transmittance would fall to 1e-4. Instead of tiles it enumerates (pixel, Gaussian) pairs
-inside each Gaussian's screen box and composites each pixel's depth-sorted run with a
-segmented cumulative sum of log-transmittance (in float64).
+1/255 skipped, front-to-back compositing by camera-space depth (equal depths in index
+order) that stops before the transmittance would fall to 1e-4. Projection is autograd;
+compositing (:mod:`training.lifting.compositing`) works on screen tiles as gsplat's
+kernels do and has its own backward, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -14,12 +14,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from training.lifting.compositing import (
+    SLOTS,
+    TILE,
+    Composite,
+    TileLists,
+    block_bytes,
+    intersect_tiles,
+    reach,
+)
 from training.lifting.sh import eval_sh
 
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.999
-T_MIN = 1e-4
 RADIUS_SIGMAS = 3.33
+MEMORY_BUDGET = 4 << 30
+"""Bytes a render may need beyond its inputs before it is refused (``memory_budget``)."""
 
 
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
@@ -81,96 +89,7 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
                   & (means2d[..., 1] - radii[..., 1] < height))
         radii = torch.where((valid & inside)[..., None], radii, torch.zeros_like(radii)).int()
     return {"means2d": means2d, "conics": conics, "depths": tz, "radii": radii,
-            "compensations": compensations}
-
-
-def _pairs(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int,
-           height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(camera, Gaussian, x, y) for every pixel inside each visible Gaussian's screen box,
-    sorted by pixel and then by depth."""
-    cam, gid = torch.nonzero(radii[..., 0] > 0, as_tuple=True)
-    centre = means2d.detach()[cam, gid]
-    r = radii[cam, gid].to(centre.dtype)
-    x0 = torch.floor(centre[:, 0] - r[:, 0]).clamp(0, width - 1).long()
-    x1 = torch.floor(centre[:, 0] + r[:, 0]).clamp(0, width - 1).long()
-    y0 = torch.floor(centre[:, 1] - r[:, 1]).clamp(0, height - 1).long()
-    y1 = torch.floor(centre[:, 1] + r[:, 1]).clamp(0, height - 1).long()
-    nx, ny = x1 - x0 + 1, y1 - y0 + 1
-    counts = nx * ny
-    owner = torch.repeat_interleave(torch.arange(len(cam), device=cam.device), counts)
-    start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    local = torch.arange(len(owner), device=cam.device) - start
-    px = x0[owner] + local % nx[owner]
-    py = y0[owner] + local // nx[owner]
-    pcam, pgid = cam[owner], gid[owner]
-    pixel = (pcam * height + py) * width + px
-    # Rank by depth within each camera, then sort pairs by (pixel, depth rank). The sort is
-    # stable, so equal depths (Gaussians duplicated by densification) composite in index
-    # order, as gsplat's stable radix sort of its index-ordered intersections does.
-    n = depths.shape[1]
-    order = torch.argsort(depths.detach(), dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n, device=order.device).expand_as(order))
-    key = pixel * n + rank[pcam, pgid]
-    perm = torch.argsort(key)
-    return pcam[perm], pgid[perm], pixel[perm], torch.stack([px[perm], py[perm]], -1)
-
-
-def _alpha(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor,
-           flat: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Alpha of each (pixel, Gaussian) pair; 0 where below 1/255 (skipped, as gsplat does).
-    ``opacities`` are per camera and Gaussian (C, N)."""
-    delta = xy.to(means2d.dtype) + 0.5 - means2d.reshape(-1, 2).index_select(0, flat)
-    con = conics.reshape(-1, 3).index_select(0, flat)
-    sigma = 0.5 * (con[:, 0] * delta[:, 0] ** 2 + con[:, 2] * delta[:, 1] ** 2) \
-        + con[:, 1] * delta[:, 0] * delta[:, 1]
-    alpha = torch.clamp_max(opacities.reshape(-1).index_select(0, flat) * torch.exp(-sigma),
-                            ALPHA_MAX)
-    return torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-
-
-def _transmittance(alpha: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
-    """T before each pair along its pixel's depth-sorted run (segmented, in float64)."""
-    log_keep = torch.log1p(-alpha.double())
-    exclusive = torch.cumsum(log_keep, 0) - log_keep
-    starts = torch.ones_like(pixel, dtype=torch.bool)
-    starts[1:] = pixel[1:] != pixel[:-1]
-    run = torch.cumsum(starts.long(), 0) - 1
-    return torch.exp(exclusive - exclusive[starts][run])
-
-
-def composite_weights(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor,
-                      radii: torch.Tensor, depths: torch.Tensor, width: int, height: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Blending weight alpha * T of every contributing (pixel, Gaussian) pair.
-
-    Returns ``(weights, flat, pixel)``: ``flat`` indexes the (C * N) camera-Gaussian pairs,
-    ``pixel`` is a flat index into (C, H, W). Pairs that cannot contribute (alpha below
-    1/255, or behind the transmittance stop) are found without autograd and dropped first:
-    they change no T, so the result is exact, and autograd only sees the pairs that count.
-    """
-    pcam, pgid, pixel, xy = _pairs(means2d, radii, depths, width, height)
-    flat = pcam * means2d.shape[1] + pgid
-    with torch.no_grad():
-        alpha = _alpha(means2d, conics, opacities, flat, xy)
-        t_before = _transmittance(alpha, pixel)
-        keep = (alpha > 0) & (t_before * (1 - alpha.double()) > T_MIN)
-    flat, pixel, xy = flat[keep], pixel[keep], xy[keep]
-    alpha = _alpha(means2d, conics, opacities, flat, xy)
-    weights = alpha * _transmittance(alpha, pixel).to(alpha.dtype)
-    return weights, flat, pixel
-
-
-def splat(weights: torch.Tensor, flat: torch.Tensor, pixel: torch.Tensor, values: torch.Tensor,
-          n_pixels: int) -> torch.Tensor:
-    """Sum of ``weights * values[flat]`` per pixel: (n_pixels, D) from (C * N, D) values.
-
-    A sparse (pixels x Gaussians) product, so the (pairs x D) intermediate of a gather is
-    never built; autograd reaches ``values`` (and ``weights`` when they require grad).
-    """
-    blend = torch.sparse_coo_tensor(torch.stack([pixel, flat]), weights,
-                                    (n_pixels, values.shape[0]), check_invariants=False)
-    return torch.sparse.mm(blend, values)
+            "compensations": compensations, "cov_diag": torch.stack([a, c], -1)}
 
 
 def _colors(means: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
@@ -216,7 +135,8 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
                   sh_degree: int | None = None, packed: bool = True, tile_size: int = 16,
                   backgrounds: torch.Tensor | None = None, render_mode: str = "RGB",
                   sparse_grad: bool = False, absgrad: bool = False,
-                  rasterize_mode: str = "classic", channel_chunk: int = 32, **options,
+                  rasterize_mode: str = "classic", channel_chunk: int = 32,
+                  memory_budget: int | None = None, **options,
                   ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``gsplat.rasterization`` in PyTorch: the same arguments, the same returns.
 
@@ -227,6 +147,10 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     ``gaussian_ids``). ``packed``, ``tile_size``, ``sparse_grad`` and ``channel_chunk``
     change how gsplat schedules work, not the result, and are ignored; ``absgrad`` is not
     tracked. Distortion, rolling shutter and distributed rendering raise ``ValueError``.
+
+    ``memory_budget`` (ours; bytes, default ``MEMORY_BUDGET``) refuses, with the estimate,
+    a render that would need more beyond its inputs. A camera that sees no Gaussian renders
+    zeros (alpha 0).
     """
     _check_supported(options)
     if render_mode not in RENDER_MODES:
@@ -239,7 +163,7 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         sh_degree=sh_degree, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
         radius_clip=radius_clip, antialiased=rasterize_mode == "antialiased",
-        depth=render_mode != "RGB")
+        depth=render_mode != "RGB", memory_budget=memory_budget)
     if render_mode != "RGB":
         depth = renders[..., -1:]
         if render_mode.endswith("ED"):
@@ -266,7 +190,7 @@ def rasterization_with_features(means: torch.Tensor, quats: torch.Tensor,
     if kwargs.get("render_mode", "RGB") != "RGB" or kwargs.get("backgrounds") is not None:
         raise ValueError("rasterization_with_features renders RGB without background")
     _check_supported({k: v for k, v in kwargs.items() if k in UNSUPPORTED})
-    known = ("near_plane", "far_plane", "radius_clip", "eps2d", "sh_degree")
+    known = ("near_plane", "far_plane", "radius_clip", "eps2d", "sh_degree", "memory_budget")
     return _render(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                    detached_features=features,
                    antialiased=kwargs.get("rasterize_mode", "classic") == "antialiased",
@@ -278,8 +202,9 @@ def _render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
             Ks: torch.Tensor, width: int, height: int, sh_degree: int | None = None,
             eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10,
             radius_clip: float = 0.0, antialiased: bool = False, depth: bool = False,
-            detached_features: torch.Tensor | None = None):
+            detached_features: torch.Tensor | None = None, memory_budget: int | None = None):
     """Project, sort and composite; with ``detached_features`` also their render (4-tuple)."""
+    check_inputs(means, quats, scales, opacities, viewmats, Ks, width, height)
     proj = project(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane,
                    far_plane, radius_clip)
     n_cams, n = viewmats.shape[0], means.shape[0]
@@ -289,16 +214,63 @@ def _render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     opac = opacities[None].expand(n_cams, n)
     if antialiased:
         opac = opac * proj["compensations"]
-    weights, flat, pixel = composite_weights(
-        proj["means2d"], proj["conics"], opac, proj["radii"], proj["depths"], width, height)
-    total = n_cams * height * width
-    renders = splat(weights, flat, pixel, values.reshape(n_cams * n, -1), total)
-    alphas = torch.zeros(total, dtype=weights.dtype, device=weights.device).index_add(
-        0, pixel, weights)
+    lists = intersect_tiles(proj["means2d"], reach(proj.pop("cov_diag"), opac, proj["radii"]),
+                            proj["depths"], width, height, proj["conics"], opac)
+    check_memory(lists, values.shape[-1] + (0 if detached_features is None
+                                            else detached_features.shape[-1]),
+                 values.element_size(), memory_budget)
+    feats = detached_features if detached_features is not None else values.new_zeros(n, 0)
+    renders, alphas, rendered_feats = Composite.apply(
+        proj["means2d"], proj["conics"], opac.contiguous(), values.contiguous(), feats, lists,
+        SLOTS)
     meta = {**proj, "opacities": opac, "width": width, "height": height, "n_cameras": n_cams,
-            "camera_ids": None, "gaussian_ids": None, "tile_size": None}
-    out = (renders.reshape(n_cams, height, width, -1), alphas.reshape(n_cams, height, width, 1))
+            "camera_ids": None, "gaussian_ids": None, "tile_size": TILE,
+            "n_isects": len(lists.ids)}
     if detached_features is None:
-        return (*out, meta)
-    feats = splat(weights.detach(), flat % n, pixel, detached_features, total)
-    return (*out, feats.reshape(n_cams, height, width, -1), meta)
+        return renders, alphas, meta
+    return renders, alphas, rendered_feats, meta
+
+
+def check_inputs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
+                 opacities: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
+                 width: int, height: int) -> None:
+    """One clear line for input no render can come from."""
+    n = means.shape[0]
+    shapes = {"means": (means, (n, 3)), "quats": (quats, (n, 4)), "scales": (scales, (n, 3)),
+              "opacities": (opacities, (n,))}
+    for name, (t, shape) in shapes.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for {n} Gaussians; "
+                             f"got {tuple(t.shape)}")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{name} holds {bad} non-finite value(s)")
+    if n and not bool((scales > 0).all()):
+        raise ValueError(f"scales must be positive (activated, not log-scales); "
+                         f"{int((scales <= 0).sum())} are zero or negative")
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be positive; got {width}x{height}")
+    if viewmats.dim() != 3 or viewmats.shape[1:] != (4, 4) or Ks.shape != (len(viewmats), 3, 3):
+        raise ValueError(f"viewmats must be (C, 4, 4) and Ks (C, 3, 3); got "
+                         f"{tuple(viewmats.shape)} and {tuple(Ks.shape)}")
+
+
+def render_bytes(lists: TileLists, channels: int, itemsize: int) -> int:
+    """What a render needs beyond its inputs: tile lists, outputs and their gradients, and
+    one block's working set."""
+    pixels = lists.n_tiles * TILE * TILE
+    return (16 * len(lists.ids) + 3 * pixels * (channels + 1) * itemsize
+            + block_bytes(lists, itemsize))
+
+
+def check_memory(lists: TileLists, channels: int, itemsize: int,
+                 budget: int | None = None) -> None:
+    """Refuse, before allocating, a render that would need more than ``budget`` bytes."""
+    budget = MEMORY_BUDGET if budget is None else budget
+    need = render_bytes(lists, channels, itemsize)
+    if need > budget:
+        raise MemoryError(
+            f"this render needs ~{need / 2**30:.2f} GiB ({len(lists.ids):,} tile "
+            f"intersections, {int(lists.counts.max()):,} Gaussians on the busiest tile), over "
+            f"the {budget / 2**30:.2f} GiB memory budget; render fewer or smaller Gaussians, "
+            "fewer cameras at once, or raise memory_budget")
