@@ -36,9 +36,11 @@ from tqdm.auto import tqdm
 from eval.consistency import sample_features
 from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics, relative_rotation_degrees
 from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
+from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.distributed import accelerator_session
+from fit3d_hub.errors import OutputWriteError
 from fit3d_hub.results import BASELINES, Result
 from fit3d_hub.schema import MODES
-from fit3d_hub.weights import write_text_atomic
 from scenes.correspondence import correspondences
 from scenes.io import load_depth, load_rgb
 from scenes.load import load_scene, scene_paths
@@ -253,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.queries < 1:
         parser.error("--pairs and --queries must be positive")
-    from accelerate import Accelerator
+    with accelerator_session() as accelerator:
+        return _run(args, accelerator)
+
+
+def _run(args: argparse.Namespace, accelerator) -> int:
     from accelerate.utils import gather_object
 
-    accelerator = Accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     try:
         model = load_fit3d(args.model, device=accelerator.device)
@@ -288,9 +293,13 @@ def main(argv: list[str] | None = None) -> int:
                    "versions": {"torch": torch.__version__,
                                 "python": platform.python_version()},
                    "summary": summary, "results": results_rows(summary, dataset)}
-        write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
-        write_text_atomic(out.with_suffix(".md"), table + "\n")
-        pcdp_plot(summary, out.with_suffix(".png"))
+        try:
+            write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+            write_text_atomic(out.with_suffix(".md"), table + "\n")
+            pcdp_plot(summary, out.with_suffix(".png"))
+        except OutputWriteError as err:
+            print(f"eval.correspondence: error: {err}", file=sys.stderr)
+            return 1
         print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0
 

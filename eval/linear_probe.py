@@ -2,7 +2,7 @@
 
     python -m eval.linear_probe --task seg|depth --data FORMAT:PATH --model NAME_OR_DIR \
         [--protocol quick|paper] [--iterations N] [--batch-size B] [--lr LR] [--size S] \
-        [--no-cache] [--output results.json]
+        [--no-cache] [--output results.json] [--save-every 500] [--resume]
 
 Segmentation: BatchNorm + 1x1 conv on last-block, final-norm features, logits upsampled,
 cross-entropy; mIoU, mAcc, aAcc. Depth: last-block features without the final norm, the
@@ -42,6 +42,7 @@ from eval.augment import (
 )
 from eval.datasets import IGNORE, DatasetError, Item, ProbeDataset, open_dataset
 from eval.metrics import confusion_matrix, depth_metric_rows, mean_rows, segmentation_metrics
+from eval.probe_checkpoint import ProbeCheckpoints
 from eval.probe_heads import (
     DepthHead,
     SegmentationHead,
@@ -60,10 +61,12 @@ from eval.protocols import (
     quick_seg,
 )
 from fit3d_hub import FiT3D, FiT3DError, load_fit3d
+from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.distributed import accelerator_session
+from fit3d_hub.errors import OutputWriteError, exit_status
 from fit3d_hub.results import Result
 from fit3d_hub.schema import MODES
 from fit3d_hub.transforms import normalize
-from fit3d_hub.weights import write_text_atomic
 
 Outputs = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """variant -> (feature map (B, C, h, w), CLS token (B, C)); concat carries the original's CLS."""
@@ -329,20 +332,25 @@ def evaluate_paper(task: str, model: FiT3D, heads, data: ProbeDataset, items: li
 
 def train_probe(model: FiT3D, data: ProbeDataset, task: str,
                 protocol: SegProtocol | DepthProtocol, *, cache: bool = True, seed: int = 0,
-                accelerator=None) -> tuple[dict, dict]:
-    """Train the three heads under ``protocol``; returns (metrics per variant, timing)."""
+                accelerator=None, checkpoints: ProbeCheckpoints | None = None
+                ) -> tuple[dict, dict]:
+    """Train the three heads under ``protocol``; returns (metrics per variant, timing).
+
+    ``checkpoints`` saves the training state every so many steps and, when resuming,
+    continues from the newest save.
+    """
     pad = model.pad
     if protocol.square is None:
         model.pad = "center"  # the authors' CenterPadding pre-hook
     try:
-        return _train_probe(model, data, task, protocol, cache, seed, accelerator)
+        return _train_probe(model, data, task, protocol, cache, seed, accelerator, checkpoints)
     finally:
         model.pad = pad
 
 
 def _train_probe(model: FiT3D, data: ProbeDataset, task: str,
                  protocol: SegProtocol | DepthProtocol, cache: bool, seed: int,
-                 accelerator) -> tuple[dict, dict]:
+                 accelerator, checkpoints: ProbeCheckpoints | None) -> tuple[dict, dict]:
     train_items, val_items = data.items_for(task)
     torch.manual_seed(seed)
     rank = accelerator.process_index if accelerator else 0
@@ -366,9 +374,10 @@ def _train_probe(model: FiT3D, data: ProbeDataset, task: str,
     device = next(heads.parameters()).device
     per_process = max(1, protocol.batch_size // world)
     augmented = PaperBatches(model, data, train_items, task, protocol, rng) if paper else None
+    first = checkpoints.restore(accelerator, heads, optimizer, rng) if checkpoints else 0
     t1 = time.perf_counter()
-    for step in tqdm(range(protocol.iterations), desc=f"{task} probe", leave=False,
-                     mininterval=1.0):
+    for step in tqdm(range(first, protocol.iterations), desc=f"{task} probe", leave=False,
+                     mininterval=1.0, initial=first, total=protocol.iterations):
         pick = rng.choice(len(train_items), size=per_process,
                           replace=len(train_items) < per_process)
         if paper:
@@ -393,6 +402,8 @@ def _train_probe(model: FiT3D, data: ProbeDataset, task: str,
             for head in (accelerator.unwrap_model(heads) if accelerator else heads).heads.values():
                 torch.nn.utils.clip_grad_norm_(head.parameters(), protocol.grad_clip)
         optimizer.step()
+        if checkpoints is not None and checkpoints.due(step + 1, protocol.iterations):
+            checkpoints.save(accelerator, step + 1, heads, optimizer, rng)
     t_train = time.perf_counter() - t1
     unwrapped = accelerator.unwrap_model(heads) if accelerator else heads
     mine = val_items[rank::world]
@@ -467,38 +478,73 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the dataset's class count (NYUv2, ScanNet++ label sets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="results JSON (and a .md table beside it)")
+    parser.add_argument("--save-every", type=int, default=500,
+                        help="save the heads' training state every N steps (default 500; 0: "
+                        "never) into --checkpoint-dir")
+    parser.add_argument("--checkpoint-dir",
+                        help="where to save (default: OUTPUT.checkpoints beside --output; "
+                        "removed once the results are written)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint (same settings only)")
     args = parser.parse_args(argv)
+    if args.save_every < 0:
+        parser.error("--save-every must be >= 0")
+    if args.checkpoint_dir is None and args.output:
+        args.checkpoint_dir = str(Path(args.output).with_suffix(".checkpoints"))
+    if args.resume and args.checkpoint_dir is None:
+        parser.error("--resume needs --output or --checkpoint-dir (where the checkpoints are)")
     for name in ("iterations", "batch_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.protocol == "paper" and (args.size is not None or args.no_cache):
         parser.error("--size and --no-cache belong to the quick protocol")
-    from accelerate import Accelerator
+    with accelerator_session() as accelerator:
+        return _run(args, accelerator)
 
-    accelerator = Accelerator()
+
+def _run(args: argparse.Namespace, accelerator) -> int:
     try:
         data = open_dataset(args.data)
         if args.num_classes:
             data.num_classes = args.num_classes
         protocol = build_protocol(args, data.name)
         model = load_fit3d(args.model, device=accelerator.device)
+        saves = None
+        if args.checkpoint_dir is not None:
+            saves = ProbeCheckpoints(Path(args.checkpoint_dir), args.save_every, args.resume,
+                                     probe_settings(args, protocol, accelerator.num_processes))
         metrics, timing = train_probe(model, data, args.task, protocol,
                                       cache=not args.no_cache, seed=args.seed,
-                                      accelerator=accelerator)
+                                      accelerator=accelerator, checkpoints=saves)
     except (DatasetError, FiT3DError) as err:
         print(f"eval.linear_probe: error: {err}", file=sys.stderr)
-        return 2
+        return exit_status(err)
     if accelerator.is_main_process:
         table = markdown(metrics)
         print(f"protocol: {protocol.name}\n{table}")
         if args.output:
             out = Path(args.output)
             payload = results_payload(args, data, protocol, metrics, timing)
-            write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
-            write_text_atomic(out.with_suffix(".md"), table + "\n")
+            try:
+                write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+                write_text_atomic(out.with_suffix(".md"), table + "\n")
+            except OutputWriteError as err:
+                print(f"eval.linear_probe: error: {err}", file=sys.stderr)
+                return 1
             print(f"wrote {out} and {out.with_suffix('.md')}")
+        if saves is not None:
+            saves.finish()
     return 0
+
+
+def probe_settings(args: argparse.Namespace, protocol, processes: int) -> dict:
+    """What a probe checkpoint records: a resumed probe must match it all."""
+    local = Path(args.model)
+    return {"task": args.task, "data": args.data,
+            "model": str(local.resolve()) if local.is_dir() else args.model,
+            "protocol": _plain(protocol), "cache": not args.no_cache, "seed": args.seed,
+            "num_classes": args.num_classes, "processes": processes}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from fit3d_hub.atomic import save_image_atomic
+
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
 
 
@@ -38,6 +40,4 @@ def line_chart(path: str | Path, xs: list[float], series: dict[str, list[float]]
         colour = COLOURS[i % len(COLOURS)]
         d.line([px(x, y) for x, y in zip(xs, ys, strict=True)], fill=colour, width=2)
         d.text((w - right - 110, top + 14 * i), name, fill=colour)
-    path = Path(path)
-    img.save(path)
-    return path
+    return save_image_atomic(path, img)

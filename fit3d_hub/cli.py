@@ -62,10 +62,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
+    from fit3d_hub.atomic import write_text_atomic
     from fit3d_hub.cards import render_card
     from fit3d_hub.results import load_results
     from fit3d_hub.schema import CARD_NAME, CONFIG_NAME, read_config
-    from fit3d_hub.weights import write_text_atomic
 
     directory = Path(args.directory)
     config = read_config(directory / CONFIG_NAME)
@@ -81,6 +81,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from fit3d_hub.atomic import save_image_atomic
     from fit3d_hub.loading import load_fit3d
     from fit3d_hub.pca import pca_rgb, side_by_side
     from fit3d_hub.transforms import get_transform
@@ -105,9 +106,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         ("fine-tuned (FiT3D)", pca_rgb(out.finetuned[0].cpu())),
     ]
     picture = side_by_side(panels, height=min(shown[0], args.height))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(output)
+    output = save_image_atomic(args.output, picture)
     print(f"wrote {output} ({picture.width}x{picture.height}; token grid "
           f"{out.features.shape[-2]}x{out.features.shape[-1]})")
     return 0

@@ -27,6 +27,10 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickled checkpoint that would run code (or load non-tensor objects) when unpickled."""
 
 
+class SettingsChangedError(CheckpointError):
+    """``--resume`` with settings other than those the checkpoint was written with."""
+
+
 class HubFileNotFoundError(FiT3DError, FileNotFoundError):
     """The hub answered, and the repo, revision or file does not exist (or is gated)."""
 
@@ -38,3 +42,21 @@ class NotCachedError(FiT3DError, FileNotFoundError):
         super().__init__(message)
         self.missing = missing
         self.command = command
+
+
+class OutputWriteError(FiT3DError, OSError):
+    """An output file that could not be written (disk full, file too large, permissions);
+    the previous file, if any, is left as it was."""
+
+
+DATA_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, OutputWriteError)
+"""Failures of the data a command reads or writes (exit 1), not of how it was called."""
+
+
+def exit_status(err: BaseException, data_errors: tuple[type[BaseException], ...] = DATA_ERRORS
+                ) -> int:
+    """The CLIs' exit status for a refusal: 1 for bad data (a corrupt checkpoint, a full
+    disk, ``data_errors``), 2 for bad usage (changed settings on resume, a wrong flag)."""
+    if isinstance(err, SettingsChangedError):
+        return 2
+    return 1 if isinstance(err, data_errors) else 2

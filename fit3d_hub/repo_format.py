@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from fit3d_hub.atomic import write_text_atomic
 from fit3d_hub.cards import render_card
 from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.schema import (
@@ -24,7 +25,7 @@ from fit3d_hub.schema import (
     RepoConfig,
     read_config,
 )
-from fit3d_hub.weights import save_state_dict, write_text_atomic
+from fit3d_hub.weights import save_state_dict
 
 
 def timm_config(vit: nn.Module) -> dict[str, Any]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -15,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fit3d_hub.atomic import atomic_path
 from fit3d_hub.errors import CheckpointError, UnsafeCheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -102,39 +100,14 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     model.load_state_dict(state, strict=True)
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file beside ``path``; on success it replaces ``path``, else vanishes.
-
-    A reader never sees a half-written file, and a killed writer leaves the old one intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp (and safetensors) create private 0600 files; use what open() would give.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path,
                     metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``state`` as safetensors atomically."""
     # clone(): safetensors refuses tensors that share storage; the copy is brief and on CPU.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
-    return Path(path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a UTF-8 text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        try:
+            save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        except SafetensorError as err:  # safetensors reports I/O errors (disk full) as its own
+            raise OSError(str(err)) from None
     return Path(path)

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from fit3d_hub.atomic import atomic_directory
+from fit3d_hub.errors import OutputWriteError
 from scenes.cameras import Camera, opencv_w2c_to_opengl_c2w
 from scenes.scannetpp import COLMAP_TO_NERFSTUDIO
 
@@ -189,7 +190,8 @@ def anonymised(height: int, width: int, index: int) -> np.ndarray:
 
 def write_scene(out: Path, seed: int, views: int, size: int, objects: int = 4,
                 points: int = 4000, layout: str = "nerfstudio", test_every: int = 4) -> Path:
-    """Render one scene into ``out`` (written in a temporary folder, then renamed).
+    """Render one scene into ``out`` (written in a temporary folder, then renamed: a scene
+    folder is whole or absent).
 
     ``layout="scannetpp"`` writes the authors' ScanNet++ layout; every ``test_every``-th
     view goes to ``test_frames``.
@@ -200,10 +202,8 @@ def write_scene(out: Path, seed: int, views: int, size: int, objects: int = 4,
     width, height = size, max(8, round(size * 3 / 4))
     shapes = make_shapes(rng, objects)
     cams = make_cameras(rng, views, width, height)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     scannetpp = layout == "scannetpp"
-    try:
+    with atomic_directory(out) as tmp:
         for sub in ("images", "depth") + (("masks",) if scannetpp else ("labels",)):
             (tmp / sub).mkdir()
         frames, tests, cloud, cloud_rgb = [], [], [], []
@@ -250,12 +250,6 @@ def write_scene(out: Path, seed: int, views: int, size: int, objects: int = 4,
         lines += [f"{i + 1} {p[0]:.5f} {p[1]:.5f} {p[2]:.5f} {c[0]} {c[1]} {c[2]} 0.0"
                   for i, (p, c) in enumerate(zip(xyz, colors, strict=True))]
         (tmp / "points3D.txt").write_text("\n".join(lines) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -282,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
                              ("--size", args.size, 8)):
         if value < low:
             parser.error(f"{name} must be at least {low}; got {value}")
-    for path in generate(args.output, args.scenes, args.views, args.size, args.seed,
-                         layout=args.layout):
+    try:
+        paths = generate(args.output, args.scenes, args.views, args.size, args.seed,
+                         layout=args.layout)
+    except OutputWriteError as err:
+        print(f"scenes.synthetic: error: {err}", file=sys.stderr)
+        return 1
+    for path in paths:
         print(path)
     return 0
 

@@ -200,7 +200,9 @@ def test_nan_loss_stops_with_the_last_checkpoint_kept(lifted, tmp_path, monkeypa
     monkeypatch.setattr(trainer, "masked_l1", poisoned)
     code = main(_finetune(lifted, tmp_path / "nan", "--epochs", "2", "--save-every", "1"))
     assert code == 1
-    assert "loss became nan at step 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "loss became nan at step 3" in err  # the third step's loss: two steps were saved
+    assert err.rstrip().endswith(str(tmp_path / "nan" / "checkpoints" / "step_00000002"))
     assert (tmp_path / "nan" / "checkpoints" / "step_00000002").is_dir()
     assert not (tmp_path / "nan" / "model.safetensors").exists()
 

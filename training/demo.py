@@ -19,6 +19,7 @@ from PIL import Image
 
 from eval.consistency import consistency
 from fit3d_hub import FiT3D, get_transform, load_fit3d
+from fit3d_hub.atomic import save_image_atomic
 from fit3d_hub.backbone import create_vit
 from fit3d_hub.pca import pca_rgb, side_by_side
 from scenes.correspondence import correspondences
@@ -102,8 +103,9 @@ def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[
     lifted = load_lifted_scene(record)
     rgb = [(load_rgb(scene.frames[v].image_path) * 255).astype(np.uint8) for v in views]
     written = []
-    side_by_side([(f"view {v}", im) for v, im in zip(views, rgb, strict=True)], 160) \
-        .save(output / "views.png")
+    save_image_atomic(output / "views.png",
+                      side_by_side([(f"view {v}", im) for v, im in zip(views, rgb, strict=True)],
+                                   160))
     written.append(output / "views.png")
     rows, rendered = [], []
     with torch.no_grad():
@@ -118,8 +120,8 @@ def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[
     for r in rows:
         canvas.paste(r, (0, y))
         y += r.height
-    canvas.save(output / "pca.png")
-    side_by_side(rendered, 160).save(output / "rendered_features.png")
+    save_image_atomic(output / "pca.png", canvas)
+    save_image_atomic(output / "rendered_features.png", side_by_side(rendered, 160))
     written += [output / "pca.png", output / "rendered_features.png"]
     return written
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
+from fit3d_hub.distributed import accelerator_session
+from fit3d_hub.errors import DATA_ERRORS, CheckpointError, OutputWriteError, exit_status
 from scenes.load import scene_paths
 from scenes.types import SceneError
 from training.finetuning.data import LiftedDataError, LiftedStore, check_memory, find_lifted
@@ -97,11 +99,16 @@ def run_finetune(lifted: str | Path, backbone: str, output: str | Path,
     Raises one of ``SETUP_ERRORS`` for bad input (before any work) and
     :class:`FinetuneError` when training cannot go on.
     """
-    from accelerate import Accelerator
+    with accelerator_session(mixed_precision=mixed_precision,
+                             gradient_accumulation_steps=config.grad_accum) as accelerator:
+        return _run(accelerator, lifted, backbone, Path(output), config, scenes=scenes,
+                    backend=backend, lazy=lazy, mixed_precision=mixed_precision,
+                    resume=resume, cache_dir=cache_dir, progress=progress, log=log)
 
-    output = Path(output)
-    accelerator = Accelerator(mixed_precision=mixed_precision,
-                              gradient_accumulation_steps=config.grad_accum)
+
+def _run(accelerator, lifted: str | Path, backbone: str, output: Path, config: FinetuneConfig,
+         *, scenes, backend: str, lazy: bool, mixed_precision: str, resume: bool,
+         cache_dir: str | None, progress: bool, log: Callable[[str], None]) -> dict:
     backend = resolve_backend(backend)
     records = find_lifted(Path(lifted), scene_paths(scenes) if scenes else None)
     if not lazy:
@@ -124,7 +131,9 @@ def run_finetune(lifted: str | Path, backbone: str, output: str | Path,
     try:
         summary = finetune(accelerator, vit, store, config, transform=get_transform(teacher),
                            backend=backend, checkpoint_dir=output / "checkpoints",
-                           resume=resume, on_step=on_step)
+                           resume=resume, on_step=on_step,
+                           settings={"backbone": _backbone_id(backbone), "scenes": store.names,
+                                     "mixed_precision": mixed_precision})
     finally:
         bar.close()
     if accelerator.is_main_process:
@@ -137,8 +146,14 @@ def run_finetune(lifted: str | Path, backbone: str, output: str | Path,
                       {**summary, "config": config.to_json(), "scenes": store.names})
         log(f"wrote {output} ({summary['steps']} steps, final loss "
             f"{summary['final_loss']:.4f}); load it with fit3d_hub.load_fit3d({str(output)!r})")
-    accelerator.wait_for_everyone()
     return summary
+
+
+def _backbone_id(backbone: str) -> str:
+    """The backbone as a resumed run must name it again: a local folder by its absolute
+    path (so ``./model`` and ``/abs/model`` agree), anything else as given."""
+    path = Path(backbone)
+    return str(path.resolve()) if path.is_dir() else backbone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,12 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                      backend=args.backend, lazy=args.lazy,
                      mixed_precision=args.mixed_precision, resume=args.resume,
                      cache_dir=args.cache_dir)
-    except FinetuneError as err:
+    except (FinetuneError, CheckpointError, OutputWriteError, *SETUP_ERRORS) as err:
         print(f"training.finetune: error: {err}", file=sys.stderr)
-        return 1
-    except SETUP_ERRORS as err:
-        print(f"training.finetune: error: {err}", file=sys.stderr)
-        return 2
+        return exit_status(err, (FinetuneError, *DATA_ERRORS))
     return 0
 
 

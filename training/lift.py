@@ -23,12 +23,23 @@ import torch
 from tqdm.auto import tqdm
 
 from fit3d_hub import FiT3DError, load_fit3d
+from fit3d_hub.checkpoint import SettingsChangedError, check_settings
+from fit3d_hub.distributed import accelerator_session
+from fit3d_hub.errors import OutputWriteError, exit_status
 from scenes.load import load_scene, scene_paths
 from scenes.types import SceneError
 from scenes.views import load_views
 from training.lifting.gaussians import LearningRates
 from training.lifting.io import is_finished, output_path, save_lifted
 from training.lifting.rasterize import BACKENDS, resolve_backend
+from training.lifting.resume import (
+    MAY_CHANGE,
+    checkpoint_dir,
+    has_checkpoint,
+    latest,
+    saved_settings,
+)
+from training.lifting.resume import remove as remove_checkpoint
 from training.lifting.teacher import compute_teacher_features
 from training.lifting.trainer import (
     LiftConfig,
@@ -66,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep ScanNet++'s test_frames out of training (the authors train on "
                    "them; Stage 2 follows what Stage 1 recorded)")
     p.add_argument("--sh-degree", type=int, default=3)
+    p.add_argument("--checkpoint-every", type=int, default=5000,
+                   help="save a scene's whole training state every N steps (default 5000; 0: "
+                   "never); a killed run continues each unfinished scene from its last one")
     p.add_argument("--cache-dir", help="Hugging Face cache for the backbone's weights")
     return p
 
@@ -97,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> LiftConfig:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be >= 0; got {args.checkpoint_every}")
     for name, value in (("--iterations", args.iterations), ("--feature-dim", args.feature_dim),
                         ("--max-points", args.max_points)):
         if value is not None and value < 1:
@@ -110,13 +126,34 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--sh-degree must be 0..3; got {args.sh_degree}")
 
 
+def run_settings(backbone: str, backend: str) -> dict:
+    """What a scene's checkpoint records beside its LiftConfig (a continued scene must match):
+    the backbone (a local folder by absolute path) and the rasterizer."""
+    local = Path(backbone)
+    return {"backbone": str(local.resolve()) if local.is_dir() else backbone, "backend": backend}
+
+
+def check_checkpoints(paths: list[Path], out_dir: Path, config: LiftConfig, settings: dict
+                      ) -> None:
+    """Refuse, before any work, to continue a scene saved with other settings."""
+    for path in paths:
+        ckpt = checkpoint_dir(output_path(out_dir, path.name))
+        if has_checkpoint(ckpt) and not is_finished(output_path(out_dir, path.name)):
+            check_settings(latest(ckpt), saved_settings(ckpt),
+                           {**config.to_json(), **settings}, MAY_CHANGE)
+
+
 def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torch.device,
-             out_dir: Path, backbone: str, position: int = 0, progress: bool = True) -> dict:
-    """Lift one scene and write its output; returns the metrics."""
+             out_dir: Path, backbone: str, position: int = 0, progress: bool = True,
+             checkpoint_every: int = 0) -> dict:
+    """Lift one scene and write its output, continuing from its checkpoint if there is one;
+    returns the metrics."""
     scene = load_scene(path)
     images = load_views(scene, config.downscale)
     feats = compute_teacher_features(teacher, images.images, device=device)
     views = SceneViews.from_images(images, feats, device)
+    target = output_path(out_dir, scene.name)
+    ckpt = checkpoint_dir(target)
     bar = tqdm(total=config.iterations, desc=scene.name, position=position, leave=True,
                dynamic_ncols=True, mininterval=1.0, disable=not progress)
 
@@ -127,7 +164,8 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
 
     try:
         result = lift_scene(scene, views, config, backend=backend, device=device,
-                            on_step=on_step)
+                            on_step=on_step, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                            settings=run_settings(backbone, backend))
     finally:
         bar.close()
     meta = {
@@ -142,28 +180,37 @@ def lift_one(path: Path, teacher, config: LiftConfig, backend: str, device: torc
         "metrics": result.metrics, "config": config.to_json(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    save_lifted(output_path(out_dir, scene.name), result.gaussians, meta)
+    save_lifted(target, result.gaussians, meta)
+    remove_checkpoint(ckpt)
     return result.metrics
 
 
 def lift_scenes(scenes: str | Path, backbone: str, output: str | Path, config: LiftConfig, *,
                 backend: str = "auto", cache_dir: str | None = None, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict:
+                checkpoint_every: int = 0, log: Callable[[str], None] = print) -> dict:
     """Lift every scene of ``scenes`` (this process's share under Accelerate) into
-    ``output``; finished scenes are skipped, failing ones reported. Returns the summary.
+    ``output``; finished scenes are skipped, unfinished ones continue from their checkpoint
+    (saved every ``checkpoint_every`` steps), failing ones are reported. Returns the summary.
 
     Raises ``SceneError``, ``FiT3DError`` or ``ValueError`` for bad input found before any
-    work (the CLI's exit 2).
+    work (the CLI's exit 2), :class:`~fit3d_hub.checkpoint.SettingsChangedError` when a
+    scene's checkpoint was saved with other settings.
     """
-    from accelerate import Accelerator
+    with accelerator_session() as accelerator:
+        return _lift(accelerator, scenes, backbone, Path(output), config, backend=backend,
+                     cache_dir=cache_dir, progress=progress,
+                     checkpoint_every=checkpoint_every, log=log)
 
-    accelerator = Accelerator()
+
+def _lift(accelerator, scenes: str | Path, backbone: str, out_dir: Path, config: LiftConfig, *,
+          backend: str, cache_dir: str | None, progress: bool, checkpoint_every: int,
+          log: Callable[[str], None]) -> dict:
     device = accelerator.device
     backend = resolve_backend(backend)
     paths = scene_paths(scenes)
-    teacher = load_fit3d(backbone, mode="original", device=device, cache_dir=cache_dir)
-    out_dir = Path(output)
     mine = paths[accelerator.process_index::accelerator.num_processes]
+    check_checkpoints(mine, out_dir, config, run_settings(backbone, backend))
+    teacher = load_fit3d(backbone, mode="original", device=device, cache_dir=cache_dir)
     failures, done = [], 0
     for path in mine:
         target = output_path(out_dir, path.name)
@@ -173,7 +220,10 @@ def lift_scenes(scenes: str | Path, backbone: str, output: str | Path, config: L
         start = time.perf_counter()
         try:
             metrics = lift_one(path, teacher, config, backend, device, out_dir, backbone,
-                               position=accelerator.process_index, progress=progress)
+                               position=accelerator.process_index, progress=progress,
+                               checkpoint_every=checkpoint_every)
+        except (SettingsChangedError, OutputWriteError):
+            raise
         except (SceneError, LiftError, FiT3DError, ValueError) as err:
             failures.append(path.name)
             print(f"{path.name}: FAILED: {err}", file=sys.stderr)
@@ -182,7 +232,6 @@ def lift_scenes(scenes: str | Path, backbone: str, output: str | Path, config: L
         log(f"{path.name}: psnr {metrics['psnr']:.2f} dB, feature L1 "
             f"{metrics['feature_l1']:.4f}, {metrics['gaussians']} Gaussians, "
             f"{time.perf_counter() - start:.1f} s -> {target}")
-    accelerator.wait_for_everyone()
     return {"process": accelerator.process_index, "lifted": done, "failed": failures,
             "skipped": len(mine) - done - len(failures)}
 
@@ -193,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     try:
         summary = lift_scenes(args.scenes, args.backbone, args.output, config_from_args(args),
-                              backend=args.backend, cache_dir=args.cache_dir)
+                              backend=args.backend, cache_dir=args.cache_dir,
+                              checkpoint_every=args.checkpoint_every)
     except (FiT3DError, SceneError, ValueError) as err:
         print(f"training.lift: error: {err}", file=sys.stderr)
-        return 2
+        return exit_status(err)
     print(json.dumps(summary))
     return 1 if summary["failed"] else 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,8 +13,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from fit3d_hub.checkpoint import (
+    TENSORS,
+    check_settings,
+    checkpoints,
+    load_optimizer,
+    optimizer_tensors,
+    prune,
+    read_checkpoint,
+    restore_torch_rng,
+    tensors_finite,
+    torch_rng_tensors,
+    write_checkpoint,
+)
+from fit3d_hub.distributed import finite_everywhere
 from fit3d_hub.model import patch_tokens_nchw
 from fit3d_hub.transforms import FiT3DTransform
+from fit3d_hub.weights import load_strict
 from training.finetuning.data import LiftedStore
 from training.finetuning.targets import make_sample, masked_l1
 
@@ -65,16 +79,15 @@ class PatchFeatures(nn.Module):
 
 @dataclass
 class TrainState:
-    """Progress saved with every checkpoint (registered with Accelerate)."""
+    """Progress, saved in every checkpoint's ``state.json``."""
 
     step: int = 0  # optimizer steps done
     micro: int = 0  # micro-batches done (all processes together count as one)
 
-    def state_dict(self) -> dict:
-        return asdict(self)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.micro = int(state["step"]), int(state["micro"])
+MAY_CHANGE = ("epochs", "save_every", "keep_checkpoints")
+"""Settings a resumed run may change: how long it runs and how it checkpoints. Every other
+setting, and the backbone, scene set, mixed precision and process count, must match."""
 
 
 def epoch_order(train_views: list[list[int]], epoch: int, seed: int
@@ -92,27 +105,54 @@ def epoch_order(train_views: list[list[int]], epoch: int, seed: int
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    done = sorted(p for p in directory.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+    done = checkpoints(directory, CHECKPOINT_PREFIX)
     return done[-1] if done else None
 
 
-def save_checkpoint(accelerator, directory: Path, step: int, keep: int) -> Path:
-    """``save_state`` into a temporary folder, renamed once complete; old ones pruned."""
-    final = directory / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
+def save_checkpoint(accelerator, directory: Path, model: nn.Module, optimizer,
+                    state: TrainState, settings: dict, keep: int) -> Path:
+    """Weights, optimizer, every process's RNG and the progress, as safetensors + JSON
+    (``fit3d_hub.checkpoint``); refused if a weight is not finite. Old ones are pruned."""
+    from accelerate.utils import gather_object
+
+    weights = accelerator.unwrap_model(model).state_dict()
+    if not tensors_finite(weights.values()):
+        raise FinetuneError(f"weights became non-finite by step {state.step}; not saved. The "
+                            f"last good checkpoint is {_last_good(directory)}")
+    rng = gather_object([torch_rng_tensors(f"rng.{accelerator.process_index}")])
+    final = directory / f"{CHECKPOINT_PREFIX}{state.step:08d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        directory.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(directory.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        opt_tensors, opt_state = optimizer_tensors(optimizer, "optimizer")
+        tensors = {**{f"model.{k}": v for k, v in weights.items()}, **opt_tensors}
+        for r in rng:
+            tensors.update(r)
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        write_checkpoint(final, tensors, {"progress": asdict(state), "settings": settings,
+                                          "optimizer": opt_state, "scaler": scaler})
+        prune(directory, CHECKPOINT_PREFIX, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _last_good(directory: Path) -> str:
+    last = latest_checkpoint(directory)
+    return str(last) if last is not None else "none (no checkpoint was written yet)"
+
+
+def load_checkpoint(accelerator, path: Path, model: nn.Module, optimizer, state: TrainState,
+                    settings: dict) -> None:
+    """Resume from ``path``: refuses (:class:`SettingsChangedError`) other settings."""
+    ckpt = read_checkpoint(path)
+    check_settings(path, ckpt.state.get("settings", {}), settings, MAY_CHANGE)
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
+    load_strict(accelerator.unwrap_model(model), weights, str(path / TENSORS))
+    load_optimizer(optimizer, ckpt.tensors, ckpt.state["optimizer"], "optimizer")
+    restore_torch_rng(ckpt.tensors, f"rng.{accelerator.process_index}")
+    if accelerator.scaler is not None and ckpt.state.get("scaler"):
+        accelerator.scaler.load_state_dict(ckpt.state["scaler"])
+    progress = ckpt.state["progress"]
+    state.step, state.micro = int(progress["step"]), int(progress["micro"])
 
 
 def epoch_lr(config: FinetuneConfig, epoch: int) -> float:
@@ -122,20 +162,27 @@ def epoch_lr(config: FinetuneConfig, epoch: int) -> float:
 
 def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneConfig, *,
              transform: FiT3DTransform, backend: str, checkpoint_dir: Path, resume: bool,
-             on_step: Callable[[dict], None] | None = None) -> dict:
+             settings: dict | None = None, on_step: Callable[[dict], None] | None = None
+             ) -> dict:
     """Train ``vit`` in place on inputs preprocessed by ``transform`` (the teacher's); returns
-    a summary. Only the main process writes files."""
+    a summary. Only the main process writes files.
+
+    ``settings`` is the record a checkpoint keeps (``config`` and what else the run was
+    started with); ``resume`` refuses a checkpoint whose record differs outside
+    ``MAY_CHANGE``.
+    """
+    settings = {**config.to_json(), "processes": accelerator.num_processes,
+                **(settings or {})}
     torch.manual_seed(config.seed)
     model = PatchFeatures(vit)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     if resume:
         last = latest_checkpoint(checkpoint_dir)
         if last is not None:
-            accelerator.load_state(str(last))
+            load_checkpoint(accelerator, last, model, optimizer, state, settings)
             # Accelerate decides when gradients sync from its own micro-step counter.
             accelerator.step = state.micro
             accelerator.print(f"resumed from {last} (step {state.step})")
@@ -168,9 +215,12 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
         with accelerator.accumulate(model):
             pred = model(images)
             loss = masked_l1(pred.float(), targets, masks)
-            if not torch.isfinite(loss):
-                raise FinetuneError(f"loss became {float(loss.detach())} at step {state.step}; "
-                                    f"the last good checkpoint is in {checkpoint_dir}")
+            if not finite_everywhere(accelerator, loss):
+                value = float(loss.detach())
+                what = value if not math.isfinite(value) else "non-finite on another process"
+                raise FinetuneError(f"loss became {what} at step {state.step + 1}; nothing was "
+                                    "saved from it. The last good checkpoint is "
+                                    f"{_last_good(checkpoint_dir)}")
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -185,9 +235,16 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
                 on_step({"step": state.step, "loss": last_loss,
                          "samples_per_s": seen / (time.perf_counter() - start)})
             if config.save_every > 0 and state.step % config.save_every == 0:
-                save_checkpoint(accelerator, checkpoint_dir, state.step, config.keep_checkpoints)
-    if config.save_every > 0:
-        save_checkpoint(accelerator, checkpoint_dir, state.step, config.keep_checkpoints)
+                save_checkpoint(accelerator, checkpoint_dir, model, optimizer, state, settings,
+                                config.keep_checkpoints)
+    last = latest_checkpoint(checkpoint_dir)
+    if config.save_every > 0 and (last is None
+                                  or last.name != f"{CHECKPOINT_PREFIX}{state.step:08d}"):
+        save_checkpoint(accelerator, checkpoint_dir, model, optimizer, state, settings,
+                        config.keep_checkpoints)
+    if not tensors_finite(accelerator.unwrap_model(model).parameters()):
+        raise FinetuneError(f"weights became non-finite by step {state.step}; no repo written. "
+                            f"The last good checkpoint is {_last_good(checkpoint_dir)}")
     return {"steps": state.step, "micro_batches": state.micro, "final_loss": last_loss,
             "seconds": time.perf_counter() - start}
 
@@ -202,6 +259,6 @@ def provenance(config: FinetuneConfig, store: LiftedStore, summary: dict, backbo
 
 
 def write_summary(path: Path, data: dict) -> None:
-    from fit3d_hub.weights import write_text_atomic
+    from fit3d_hub.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from fit3d_hub.checkpoint import restore_numpy_rng, tensors_finite
 from scenes.holdout import training_views
 from scenes.types import Scene
 from scenes.views import SceneImages
+from training.lifting import resume
 from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
 from training.lifting.losses import feature_loss, fill_masked, psnr, rgb_loss
 from training.lifting.rasterize import NEAR_PLANE, backend
@@ -119,35 +122,46 @@ def scene_training_views(scene: Scene, config: LiftConfig) -> list[int]:
 
 
 def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: str,
-               device: torch.device, on_step: Callable[[int, dict], None] | None = None
-               ) -> LiftResult:
+               device: torch.device, on_step: Callable[[int, dict], None] | None = None,
+               checkpoint: Path | None = None, checkpoint_every: int = 0,
+               settings: dict | None = None) -> LiftResult:
     """Optimise the scene's feature Gaussians for ``config.iterations`` steps.
 
     ``on_step(step, record)`` is called every ``LOG_EVERY`` steps and after the last one.
+    With ``checkpoint`` (a folder) the loop saves its whole state there every
+    ``checkpoint_every`` steps and, if a checkpoint is there already, continues from it;
+    ``settings`` (``config`` and what else the run was started with) must match the saved
+    ones (:class:`~fit3d_hub.checkpoint.SettingsChangedError` otherwise).
     """
     torch.manual_seed(config.seed)
-    gaussians = FeatureGaussians.initialise(
-        scene, feature_dim=config.feature_dim, teacher_dim=views.teacher.shape[1],
-        sh_degree=config.sh_degree, max_points=config.max_points,
-        random_points=config.random_points, seed=config.seed).to(device)
     extent = scene_scale(scene)
-    optimizers, decoder_opt = gaussians.optimizers(config.lr, extent)
+    settings = {**config.to_json(), **(settings or {})}
     strategy = OpacityResetStrategy(
         refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter,
         refine_every=config.refine_every, reset_every=config.reset_every,
         grow_grad2d=config.grow_grad2d)
+    rng = np.random.default_rng(config.seed)
+    if checkpoint is not None and resume.has_checkpoint(checkpoint):
+        gaussians, optimizers, decoder_opt, state, loop, rng_state = resume.restore_scene(
+            checkpoint, settings, device, lambda g: g.optimizers(config.lr, extent))
+        restore_numpy_rng(rng, rng_state)
+        strategy.resets_done = loop.resets_done
+    else:
+        gaussians = FeatureGaussians.initialise(
+            scene, feature_dim=config.feature_dim, teacher_dim=views.teacher.shape[1],
+            sh_degree=config.sh_degree, max_points=config.max_points,
+            random_points=config.random_points, seed=config.seed).to(device)
+        optimizers, decoder_opt = gaussians.optimizers(config.lr, extent)
+        state = strategy.initialize_state(scene_scale=extent)
+        loop = resume.LoopState()
     strategy.check_sanity(gaussians.splats, optimizers)
-    state = strategy.initialize_state(scene_scale=extent)
     decay = (config.lr.means_final / config.lr.means) ** (1.0 / max(config.iterations, 1))
     order = scene_training_views(scene, config)
-    rng = np.random.default_rng(config.seed)
-    queue: list[int] = []
-    history = []
-    start = time.perf_counter()
-    for step in range(config.iterations):
-        if not queue:
-            queue = list(rng.permutation(order))
-        index = int(queue.pop())
+    start = time.perf_counter() - loop.elapsed
+    for step in range(loop.step, config.iterations):
+        if not loop.queue:
+            loop.queue = list(rng.permutation(order))
+        index = int(loop.queue.pop())
         # the authors raise the degree at their 1-based iteration k * interval
         degree = min((step + 1) // config.sh_degree_interval, config.sh_degree)
         out = render_views(gaussians, views, index, backend, degree)
@@ -155,8 +169,9 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
         l_rgb, l_feat = step_losses(out, views, index, config)
         loss = l_rgb + config.feature_weight * l_feat
         if not torch.isfinite(loss):
-            raise LiftError(f"{scene.root}: loss became {float(loss)} at step {step} "
-                            f"(rgb {float(l_rgb):.4g}, feature {float(l_feat):.4g})")
+            rgb, feat = float(l_rgb.detach()), float(l_feat.detach())
+            raise LiftError(f"{scene.root}: loss became {float(loss.detach())} at step {step} "
+                            f"(rgb {rgb:.4g}, feature {feat:.4g})")
         loss.backward()
         # densify, prune and reset before the optimiser step, as the authors' loop does
         # (tensors the strategy replaces skip this step's update)
@@ -174,14 +189,25 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
                           "feature_l1": float(l_feat), "psnr": psnr(out["rgb"], target),
                           "gaussians": gaussians.num_gaussians}
             if step % HISTORY_EVERY == 0 or last:
-                history.append(record)
+                loop.history.append(record)
             if on_step is not None:
                 on_step(step, record)
+        if checkpoint is not None and checkpoint_every > 0 and not last \
+                and (step + 1) % checkpoint_every == 0:
+            loop.step, loop.elapsed = step + 1, time.perf_counter() - start
+            loop.resets_done = strategy.resets_done
+            if not resume.save_scene(checkpoint, gaussians, optimizers, decoder_opt, state, rng,
+                                     loop, settings):
+                raise LiftError(f"{scene.root}: the Gaussians became non-finite by step {step}; "
+                                "not saved")
     elapsed = time.perf_counter() - start
+    if not tensors_finite(gaussians.state_tensors().values()):
+        raise LiftError(f"{scene.root}: the Gaussians became non-finite by the last step; "
+                        "the scene is not written")
     metrics = evaluate(gaussians, views, backend, config, range(len(scene.frames)))
     metrics.update(seconds=elapsed, iterations_per_second=config.iterations / max(elapsed, 1e-9),
                    gaussians=gaussians.num_gaussians, opacity_resets=strategy.resets_done)
-    return LiftResult(gaussians, metrics, history)
+    return LiftResult(gaussians, metrics, loop.history)
 
 
 @torch.no_grad()
