@@ -21,6 +21,26 @@ from fit3d_hub.registry import REGISTRY, BackboneSpec, list_models
 from fit3d_hub.transforms import FiT3DTransform, get_transform
 from fit3d_hub.version import __version__
 
+
+def _register_with_transformers() -> None:
+    """Make FiT3D repos loadable by transformers' auto classes, with no remote code, whenever
+    transformers is installed (``pip install "fit3d-hub[transformers]"``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return
+    try:
+        import fit3d_hub.hf_transformers  # noqa: F401  (registers on import)
+    except Exception as err:  # a transformers release whose API moved: fit3d_hub still works
+        import warnings
+
+        warnings.warn(f"fit3d_hub: could not register FiT3D with transformers "
+                      f"({type(err).__name__}: {err}); AutoModel and friends will not know "
+                      "FiT3D repos", stacklevel=2)
+
+
+_register_with_transformers()
+
 __all__ = [
     "REGISTRY",
     "BackboneSpec",

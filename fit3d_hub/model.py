@@ -148,6 +148,21 @@ class FiT3D(nn.Module):
         return tuple(mean), tuple(std)
 
     @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data config source (``timm.data.resolve_model_data_config(model)``): the
+        backbone's own settings (input size, ...) with the statistics the weights were
+        trained with and FiT3D's resizing (bilinear, no crop: :func:`get_transform`)."""
+        ref = self.finetuned if self.finetuned is not None else self.original
+        mean, std = self.normalization
+        return {**ref.pretrained_cfg, "mean": mean, "std": std, "interpolation": "bilinear",
+                "crop_pct": 1.0}
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @property
     def out_channels(self) -> int:
         return self.embed_dim * (2 if self._mode == "concat" else 1)
 
@@ -233,13 +248,17 @@ class FiT3D(nn.Module):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
     ):
         """timm's ``VisionTransformer.forward_intermediates`` for the pair.
 
         Each intermediate is the branches' maps concatenated on the channel axis
         (``[original | finetuned]`` in ``"concat"`` mode, one branch in the others), as are
         the prefix tokens and the final (normed) tokens. ``indices``: the last n blocks for
-        an int, those blocks for a list, all for ``None``.
+        an int, those blocks for a list, all for ``None``. Returns what timm returns for the
+        same arguments: ``(final, intermediates)``, the intermediates only, or a dict.
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC'; got {output_fmt!r}")
@@ -247,20 +266,22 @@ class FiT3D(nn.Module):
         x = self._prepare(x)
         outs = [vit.forward_intermediates(
             x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm,
-            stop_early=stop_early, output_fmt=output_fmt, intermediates_only=intermediates_only)
+            stop_early=stop_early, output_fmt=output_fmt, intermediates_only=intermediates_only,
+            output_dict=True, attn_mask=attn_mask, is_causal=is_causal)
             for vit in self._branches()]
-        layers = [o if intermediates_only else o[1] for o in outs]
         axis = 1 if output_fmt == "NCHW" else -1
-        merged = []
-        for per_layer in zip(*layers, strict=True):
-            if return_prefix_tokens:
-                merged.append((torch.cat([m for m, _ in per_layer], dim=axis),
-                               torch.cat([p for _, p in per_layer], dim=-1)))
-            else:
-                merged.append(torch.cat(per_layer, dim=axis))
-        if intermediates_only:
+        merged = {key: [torch.cat(per_layer, dim=-1 if key.endswith("prefix") else axis)
+                        for per_layer in zip(*(o[key] for o in outs), strict=True)]
+                  for key in ("image_intermediates", "image_intermediates_prefix")
+                  if key in outs[0]}
+        if not intermediates_only:
+            merged["image_features"] = torch.cat([o["image_features"] for o in outs], dim=-1)
+        if output_dict:
             return merged
-        return torch.cat([o[0] for o in outs], dim=-1), merged
+        layers = merged["image_intermediates"]
+        if "image_intermediates_prefix" in merged:
+            layers = list(zip(layers, merged["image_intermediates_prefix"], strict=True))
+        return layers if intermediates_only else (merged["image_features"], layers)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

@@ -20,6 +20,7 @@ from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
     CARD_NAME,
     CONFIG_NAME,
+    MODEL_TYPE,
     WEIGHTS_NAME,
     Fit3DBlock,
     RepoConfig,
@@ -49,6 +50,9 @@ def build_config(finetuned: nn.Module, block: Fit3DBlock) -> dict[str, Any]:
     stats = {k: list(v) for k, v in (("mean", block.mean), ("std", block.std)) if v}
     config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), **stats}
     config["fit3d"] = block.to_json()
+    # transformers reads a config.json with pretrained_cfg and no model_type as a plain timm
+    # model (one branch); "fit3d" routes it to fit3d_hub.hf_transformers. timm ignores it.
+    config["model_type"] = MODEL_TYPE
     return config
 
 

@@ -16,6 +16,8 @@ from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.jsonio import read_json_object
 
 CONFIG_NAME = "config.json"
+MODEL_TYPE = "fit3d"
+"""config.json's ``model_type``: transformers' name for FiT3D repos."""
 WEIGHTS_NAME = "model.safetensors"
 BASE_WEIGHTS_NAME = "base.safetensors"
 CARD_NAME = "README.md"
