@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from fit3d_hub.checkpoint import (
-    check_settings,
-    checkpoints,
+    latest,
     load_optimizer,
     numpy_rng_state,
     optimizer_tensors,
@@ -56,11 +55,10 @@ class ProbeCheckpoints:
                 rng: np.random.Generator) -> int:
         """Load the newest checkpoint into ``heads``, ``optimizer`` and the generators;
         returns the step to continue from (0 without ``resume`` or checkpoint)."""
-        found = checkpoints(self.directory, PREFIX)
-        if not self.resume or not found:
+        found = latest(self.directory, PREFIX)
+        if not self.resume or found is None:
             return 0
-        ckpt = read_checkpoint(found[-1])
-        check_settings(found[-1], ckpt.state.get("settings", {}), self.settings, MAY_CHANGE)
+        ckpt = read_checkpoint(found, self.settings, MAY_CHANGE)
         rank = accelerator.process_index if accelerator is not None else 0
         unwrapped = accelerator.unwrap_model(heads) if accelerator is not None else heads
         state = {k[len("heads."):]: v for k, v in ckpt.tensors.items()
@@ -68,7 +66,7 @@ class ProbeCheckpoints:
         try:
             unwrapped.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise CheckpointError(f"{found[-1]}: heads do not fit this probe ({err})") from None
+            raise CheckpointError(f"{found}: heads do not fit this probe ({err})") from None
         load_optimizer(optimizer, ckpt.tensors, ckpt.state["optimizer"], "optimizer")
         restore_torch_rng(ckpt.tensors, f"rng.{rank}")
         restore_numpy_rng(rng, ckpt.state["numpy_rng"][rank])

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fit3d_hub.atomic import atomic_directory
 from fit3d_hub.errors import CheckpointError, SettingsChangedError
+from fit3d_hub.jsonio import read_json_object
+from fit3d_hub.weights import write_safetensors
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -44,13 +46,9 @@ class Checkpoint:
 def write_checkpoint(directory: str | Path, tensors: Mapping[str, torch.Tensor],
                      state: Mapping[str, Any]) -> Path:
     """Write the folder ``directory`` atomically (replacing one of that name)."""
-    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     text = json.dumps({"format": FORMAT, "version": VERSION, **state}, indent=1)
     with atomic_directory(directory) as tmp:
-        try:
-            save_file(plain, str(tmp / TENSORS))
-        except SafetensorError as err:  # its I/O errors (disk full) come as its own type
-            raise OSError(str(err)) from None
+        write_safetensors(tensors, tmp / TENSORS)
         (tmp / STATE).write_text(text + "\n", encoding="utf-8")
     return Path(directory)
 
@@ -63,19 +61,20 @@ def read_state(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: missing; {directory} is not a fit3d-hub checkpoint "
                                   "(or was written by another version)")
     state_path = directory / STATE
-    try:
-        state = json.loads(state_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{state_path}: not a checkpoint state (JSON expected: "
-                              f"{err})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    state = read_json_object(state_path, error=CheckpointError)
+    if state.get("format") != FORMAT:
         raise CheckpointError(f"{state_path}: not a checkpoint state (no '{FORMAT}' format "
                               "field)")
     return state
 
 
-def read_checkpoint(directory: str | Path) -> Checkpoint:
-    """Read a checkpoint folder; anything but our two files, intact, is a one-line error."""
+def read_checkpoint(directory: str | Path, settings: Mapping[str, Any] | None = None,
+                    may_change: Iterable[str] = ()) -> Checkpoint:
+    """Read a checkpoint folder; anything but our two files, intact, is a one-line error.
+
+    With ``settings``, a checkpoint written with other ones (outside ``may_change``) is
+    refused with :class:`SettingsChangedError`.
+    """
     directory = Path(directory)
     state = read_state(directory)
     tensor_path = directory / TENSORS
@@ -84,6 +83,8 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{tensor_path}: not a readable safetensors file ({err})") \
             from None
+    if settings is not None:
+        check_settings(directory, state.get("settings", {}), settings, may_change)
     return Checkpoint(tensors, state, directory)
 
 
@@ -93,6 +94,12 @@ def checkpoints(directory: str | Path, prefix: str) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.glob(f"{prefix}*") if p.is_dir())
+
+
+def latest(directory: str | Path, prefix: str) -> Path | None:
+    """The newest finished checkpoint folder ``prefix*`` in ``directory``, if any."""
+    found = checkpoints(directory, prefix)
+    return found[-1] if found else None
 
 
 def prune(directory: str | Path, prefix: str, keep: int) -> None:

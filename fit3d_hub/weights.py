@@ -100,14 +100,23 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     model.load_state_dict(state, strict=True)
 
 
+def write_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``state`` to ``path`` as safetensors (not atomic: callers write a temporary).
+
+    Its I/O errors (disk full) come as ``OSError``, as every other write's do.
+    """
+    # clone(): safetensors refuses tensors that share storage; the copy is brief and on CPU.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    try:
+        save_file(tensors, str(path), metadata=dict(metadata or {}))
+    except SafetensorError as err:  # safetensors reports I/O errors as its own type
+        raise OSError(str(err)) from None
+
+
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path,
                     metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``state`` as safetensors atomically."""
-    # clone(): safetensors refuses tensors that share storage; the copy is brief and on CPU.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=dict(metadata or {}))
-        except SafetensorError as err:  # safetensors reports I/O errors (disk full) as its own
-            raise OSError(str(err)) from None
+        write_safetensors(state, tmp, metadata)
     return Path(path)

@@ -15,8 +15,7 @@ from torch import nn
 
 from fit3d_hub.checkpoint import (
     TENSORS,
-    check_settings,
-    checkpoints,
+    latest,
     load_optimizer,
     optimizer_tensors,
     prune,
@@ -105,8 +104,7 @@ def epoch_order(train_views: list[list[int]], epoch: int, seed: int
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    done = checkpoints(directory, CHECKPOINT_PREFIX)
-    return done[-1] if done else None
+    return latest(directory, CHECKPOINT_PREFIX)
 
 
 def save_checkpoint(accelerator, directory: Path, model: nn.Module, optimizer,
@@ -142,8 +140,7 @@ def _last_good(directory: Path) -> str:
 def load_checkpoint(accelerator, path: Path, model: nn.Module, optimizer, state: TrainState,
                     settings: dict) -> None:
     """Resume from ``path``: refuses (:class:`SettingsChangedError`) other settings."""
-    ckpt = read_checkpoint(path)
-    check_settings(path, ckpt.state.get("settings", {}), settings, MAY_CHANGE)
+    ckpt = read_checkpoint(path, settings, MAY_CHANGE)
     prefix = "model."
     weights = {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
     load_strict(accelerator.unwrap_model(model), weights, str(path / TENSORS))

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from fit3d_hub.checkpoint import (
-    check_settings,
-    checkpoints,
+    latest as latest_checkpoint,
+)
+from fit3d_hub.checkpoint import (
     load_optimizer,
     numpy_rng_state,
     optimizer_tensors,
@@ -59,8 +60,7 @@ def checkpoint_dir(lifted_file: Path) -> Path:
 
 def latest(directory: Path) -> Path | None:
     """The newest checkpoint folder (``step_*``) in ``directory``, if any."""
-    found = checkpoints(directory, PREFIX)
-    return found[-1] if found else None
+    return latest_checkpoint(directory, PREFIX)
 
 
 def has_checkpoint(directory: Path) -> bool:
@@ -109,8 +109,7 @@ def restore_scene(directory: Path, settings: dict, device: torch.device, make_op
     :class:`~fit3d_hub.checkpoint.SettingsChangedError`). Returns the Gaussians, their
     optimizers (``make_optimizers(gaussians)`` builds them, the saved state is loaded in),
     the strategy state, the loop state and the NumPy generator state."""
-    ckpt = read_checkpoint(latest(directory))
-    check_settings(ckpt.path, ckpt.state.get("settings", {}), settings, MAY_CHANGE)
+    ckpt = read_checkpoint(latest(directory), settings, MAY_CHANGE)
     prefix = "gaussians."
     gaussians = FeatureGaussians.from_state_tensors(
         {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
