@@ -13,7 +13,6 @@ of ``load_fit3d``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,10 +39,11 @@ except ImportError as err:
 
 from fit3d_hub.backbone import create_vit
 from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.jsonio import read_json_object
 from fit3d_hub.loading import load_fit3d, resolve
 from fit3d_hub.model import FiT3D
 from fit3d_hub.schema import CONFIG_NAME, MODEL_TYPE, MODES, Fit3DBlock
-from fit3d_hub.transforms import FiT3DTransform, to_chw_float
+from fit3d_hub.transforms import FiT3DTransform, get_transform
 
 HUB_KWARGS = ("revision", "cache_dir", "local_files_only")
 """The hub arguments transformers passes that :func:`load_fit3d` understands."""
@@ -87,18 +87,23 @@ class FiT3DConfig(BackboneConfigMixin, PreTrainedConfig):
         self.model_args = dict(self.model_args or {})
         self.pretrained_cfg = dict(self.pretrained_cfg or {})
         self.fit3d = dict(self.fit3d or {})
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         self.num_hidden_layers = _depth(self.architecture, self.model_args)
-        block = Fit3DBlock.from_json(self.fit3d, "config.json")
-        embed = block.embed_dim or int(self.model_args.get("embed_dim", 0)) or None
-        self.embed_dim = embed
-        self.hidden_size = embed * (2 if self.mode == "concat" else 1) if embed else None
+        block = Fit3DBlock.from_json(self.fit3d, CONFIG_NAME)
+        self.embed_dim = block.embed_dim or int(self.model_args.get("embed_dim", 0)) or None
         self.patch_size = block.patch_size
+        self.set_mode(self.mode)
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(out_indices=kwargs.pop("out_indices", None),
                                                 out_features=kwargs.pop("out_features", None))
         super().__post_init__(**kwargs)
+
+    def set_mode(self, mode: str) -> None:
+        """Choose the branches; ``hidden_size`` follows (two widths in ``"concat"``)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        self.mode = mode
+        width = self.embed_dim
+        self.hidden_size = width * (2 if mode == "concat" else 1) if width else None
 
     def validate_architecture(self):
         """Nothing beyond the fields' own checks (transformers calls this on init)."""
@@ -139,13 +144,10 @@ class FiT3DPreTrainedModel(PreTrainedModel):
         if config is None:
             config = fit3d_config(name, **hub)
         for key in list(kwargs):
-            if key in ("out_indices", "out_features", "mode", "apply_layernorm",
+            if key in ("out_indices", "out_features", "apply_layernorm",
                        "reshape_hidden_states", "output_hidden_states"):
                 setattr(config, key, kwargs.pop(key))
-        if config.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}")
-        if config.embed_dim:
-            config.hidden_size = config.embed_dim * (2 if config.mode == "concat" else 1)
+        config.set_mode(kwargs.pop("mode", config.mode))
         model = load_fit3d(name, mode=config.mode, **hub,
                            dtype=dtype if isinstance(dtype, torch.dtype) else None,
                            device=device if isinstance(device, (str, torch.device)) else None)
@@ -155,18 +157,9 @@ class FiT3DPreTrainedModel(PreTrainedModel):
         """Write the FiT3D repo format (readable by timm, load_fit3d and transformers)."""
         self.fit3d.save_pretrained(save_directory)
 
-    def _tokens(self, pixel_values: torch.Tensor, indices: list[int] | None, norm: bool
-                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per requested block, ``(B, 1 + N, C)`` tokens (CLS, then patches; registers
-        dropped) with the branches concatenated, and the final normed tokens."""
-        final, layers = self.fit3d.forward_intermediates(
-            pixel_values, indices=indices, norm=norm, output_fmt="NLC",
-            return_prefix_tokens=True)
-        return [torch.cat([prefix[:, :1], patches], dim=1) for patches, prefix in layers], final
-
 
 def _random_fit3d(config: FiT3DConfig) -> FiT3D:
-    block = Fit3DBlock.from_json(config.fit3d, "config.json")
+    block = Fit3DBlock.from_json(config.fit3d, CONFIG_NAME)
     branches = {name: (create_vit(config.architecture, config.model_args)
                        if config.mode in ("concat", name) else None)
                 for name in ("original", "finetuned")}
@@ -221,7 +214,12 @@ class FiT3DBackbone(BackboneMixin, FiT3DPreTrainedModel):
         stages = [self.stage_names.index(name) for name in self.out_features]
         maps = []
         blocks = [s - 1 for s in stages if s > 0]
-        layers = iter(self._tokens(x, blocks, self.config.apply_layernorm)[0] if blocks else [])
+        # per requested block: CLS then patch tokens (registers dropped), branches side by side
+        layers = iter([torch.cat([prefix[:, :1], patches], dim=1)
+                       for patches, prefix in self.fit3d.forward_intermediates(
+                           x, indices=blocks, norm=self.config.apply_layernorm,
+                           output_fmt="NLC", return_prefix_tokens=True,
+                           intermediates_only=True)] if blocks else [])
         for stage in stages:
             if stage == 0:
                 tokens = torch.cat([_stem_tokens(v, x, self.config.apply_layernorm)
@@ -261,12 +259,9 @@ class FiT3DImageProcessor(BaseImageProcessor):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Statistics and patch size from a FiT3D repo's config.json."""
         hub = {k: kwargs.pop(k) for k in HUB_KWARGS if kwargs.get(k) is not None}
-        config = fit3d_config(str(pretrained_model_name_or_path), **hub)
-        block = Fit3DBlock.from_json(config.fit3d, CONFIG_NAME)
-        mean = block.mean or config.pretrained_cfg.get("mean")
-        std = block.std or config.pretrained_cfg.get("std")
-        size = kwargs.pop("size", None)
-        return cls(image_mean=mean, image_std=std, patch_size=block.patch_size, size=size)
+        transform = get_transform(str(pretrained_model_name_or_path), **hub)
+        return cls(image_mean=transform.mean, image_std=transform.std,
+                   patch_size=transform.patch_size, size=kwargs.pop("size", None))
 
     def preprocess(self, images, return_tensors: str | None = "pt", size: int | None = None,
                    **kwargs) -> BatchFeature:
@@ -275,7 +270,7 @@ class FiT3DImageProcessor(BaseImageProcessor):
         batch = images if isinstance(images, (list, tuple)) else [images]
         if isinstance(images, torch.Tensor) and images.dim() == 4:
             batch = list(images)
-        pixels = [transform(to_chw_float(image)) for image in batch]
+        pixels = [transform(image) for image in batch]
         shapes = {tuple(p.shape) for p in pixels}
         if len(shapes) > 1:
             raise ValueError(f"images of different sizes give different tensor shapes "
@@ -292,10 +287,7 @@ def _read_local_config(name: str, **hub: Any) -> dict | None:
         if not isinstance(cached, str):
             return None
         path = Path(cached)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise RepoFormatError(f"{path}: not readable JSON ({err})") from None
+    return read_json_object(path)
 
 
 def fit3d_config(name: str, **hub: Any) -> FiT3DConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -136,16 +137,20 @@ def to_chw_float(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def get_transform(name_or_model, size: int | tuple[int, int] | None = None) -> FiT3DTransform:
+def get_transform(name_or_model, size: int | tuple[int, int] | None = None, *,
+                  revision: str | None = None, cache_dir: str | Path | None = None,
+                  local_files_only: bool | None = None) -> FiT3DTransform:
     """The preprocessing for a registry name, repo id, local directory or loaded :class:`FiT3D`.
 
-    Only config.json is read for names and repos (no weights are downloaded).
+    Only config.json is read for names and repos (no weights are downloaded); ``revision``,
+    ``cache_dir`` and ``local_files_only`` as in :func:`fit3d_hub.load_fit3d`.
     """
     if isinstance(name_or_model, FiT3D):
         mean, std = name_or_model.normalization
         patch = name_or_model.patch_size
     else:
-        config = resolve(name_or_model, pretrained=False).config
+        config = resolve(name_or_model, pretrained=False, revision=revision,
+                         cache_dir=cache_dir, local_files_only=local_files_only).config
         mean = config.fit3d.mean or config.pretrained_cfg.get("mean")
         std = config.fit3d.std or config.pretrained_cfg.get("std")
         patch = config.fit3d.patch_size
