@@ -6,21 +6,10 @@ covers its whole image, so a pixel's feature is sampled bilinearly at its relati
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from fit3d_hub.sampling import sample_features
 from scenes.correspondence import Correspondences
-
-
-def sample_features(features: torch.Tensor, uv: np.ndarray, width: int, height: int
-                    ) -> torch.Tensor:
-    """L2-normalised features (N, C) of a (C, h, w) map at pixel positions of a W x H image."""
-    grid = torch.tensor(np.stack([uv[:, 0] / width * 2 - 1, uv[:, 1] / height * 2 - 1], -1),
-                        dtype=features.dtype, device=features.device)
-    sampled = F.grid_sample(features[None], grid[None, :, None], mode="bilinear",
-                            align_corners=False)[0, :, :, 0].T
-    return F.normalize(sampled, dim=-1)
 
 
 def consistency(features_a: torch.Tensor, features_b: torch.Tensor, matches: Correspondences,

@@ -1,7 +1,7 @@
 """3D correspondence (multiview equivariance): APE and PCDP of nearest-neighbour matching.
 
     python -m eval.correspondence --model NAME_OR_DIR --scenes PATH [--pairs N] \
-        [--max-rotation 120] [--output results.json]
+        [--max-rotation 120] [--size S] [--output results.json]
     python -m eval.correspondence --model NAME_OR_DIR --stereo DIR [--output results.json]
 
 Ground truth comes from depth and poses (back-projection with an occlusion check against the
@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.consistency import sample_features
-from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics, relative_rotation_degrees
+from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics
 from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
 from fit3d_hub.atomic import write_text_atomic
 from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import OutputWriteError
 from fit3d_hub.results import BASELINES, Result
+from fit3d_hub.sampling import sample_features
 from fit3d_hub.schema import MODES
+from scenes.cameras import relative_rotation_degrees
 from scenes.correspondence import correspondences
 from scenes.io import load_depth, load_rgb
 from scenes.load import load_scene, scene_paths
@@ -138,8 +139,8 @@ def scene_tasks(scene_dirs: list[Path], pairs: int, max_rotation: float, seed: i
     return tasks
 
 
-def run_scene_task(model: FiT3D, task: tuple[Path, int, int, float], queries: int, seed: int
-                   ) -> PairResult | None:
+def run_scene_task(model: FiT3D, task: tuple[Path, int, int, float], queries: int, seed: int,
+                   size: int | None = None) -> PairResult | None:
     """One view pair; ``None`` when the views share fewer than 10 visible points."""
     scene_dir, i, j, rot = task
     scene = load_scene(scene_dir)
@@ -149,18 +150,18 @@ def run_scene_task(model: FiT3D, task: tuple[Path, int, int, float], queries: in
     if len(matches.uv_a) < 10:
         return None
     pick = np.random.default_rng([seed, i, j]).permutation(len(matches.uv_a))[:queries]
-    return evaluate_pair(model, get_transform(model), load_rgb(fa.image_path),
+    return evaluate_pair(model, get_transform(model, size), load_rgb(fa.image_path),
                          load_rgb(fb.image_path), matches.uv_a[pick], matches.uv_b[pick], rot)
 
 
-def stereo_pair_results(model: FiT3D, folder: Path, queries: int, seed: int
-                        ) -> list[PairResult]:
+def stereo_pair_results(model: FiT3D, folder: Path, queries: int, seed: int,
+                        size: int | None = None) -> list[PairResult]:
     """Rectified pairs ``<name>_left.png``, ``<name>_right.png``, ``<name>_disp.npy``
     (left-image disparity in pixels; 0 or non-finite = unknown)."""
     lefts = sorted(folder.glob("*_left.png"))
     if not lefts:
         raise SceneError(f"{folder}: no '<name>_left.png' stereo images")
-    transform = get_transform(model)
+    transform = get_transform(model, size)
     rng = np.random.default_rng(seed)
     results = []
     for left in lefts:
@@ -250,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="frames to pair: test_frames, all, or auto (test frames where a "
                         "scene has them)")
     parser.add_argument("--queries", type=int, default=1000, help="query pixels per pair")
+    parser.add_argument("--size", type=int,
+                        help="shorter image side the model sees (default: the image's own, "
+                        "floored to patch multiples); features are matched at image resolution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="results JSON (a .md table and a .png plot beside)")
     args = parser.parse_args(argv)
-    if args.pairs < 1 or args.queries < 1:
-        parser.error("--pairs and --queries must be positive")
+    if args.pairs < 1 or args.queries < 1 or (args.size is not None and args.size < 1):
+        parser.error("--pairs, --queries and --size must be positive")
     with accelerator_session() as accelerator:
         return _run(args, accelerator)
 
@@ -266,12 +270,13 @@ def _run(args: argparse.Namespace, accelerator) -> int:
     try:
         model = load_fit3d(args.model, device=accelerator.device)
         if args.stereo:
-            results = stereo_pair_results(model, Path(args.stereo), args.queries, args.seed)
+            results = stereo_pair_results(model, Path(args.stereo), args.queries, args.seed,
+                                          args.size)
             dataset = Path(args.stereo).name
         else:
             tasks = scene_tasks(scene_paths(args.scenes), args.pairs, args.max_rotation,
                                 args.seed, args.views)
-            mine = [run_scene_task(model, t, args.queries, args.seed)
+            mine = [run_scene_task(model, t, args.queries, args.seed, args.size)
                     for t in tqdm(tasks[rank::world], desc="pairs", mininterval=1.0,
                                   disable=not accelerator.is_local_main_process)]
             results = [r for r in mine if r is not None]

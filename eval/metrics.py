@@ -92,8 +92,3 @@ def correspondence_metrics(pred_uv: np.ndarray, gt_uv: np.ndarray, short_side: f
     return out
 
 
-def relative_rotation_degrees(w2c_a: np.ndarray, w2c_b: np.ndarray) -> float:
-    """Angle of the rotation between two world-to-camera poses."""
-    rel = w2c_b[:3, :3] @ w2c_a[:3, :3].T
-    cos = (np.trace(rel) - 1) / 2
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))

@@ -55,14 +55,18 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     fit3d = config.fit3d
     name = fit3d.name
     spec = REGISTRY.get(name) if name else None
-    paper = meta["paper"]
-    paper_rows = meta["backbones"].get(name, {}).get("paper_results", []) if name else []
+    method = meta["methods"][fit3d.method]
+    paper = method.get("paper", meta["paper"])
+    # The shipped paper figures are FiT3D's; they describe no other method's weights.
+    paper_rows = (meta["backbones"].get(name, {}).get("paper_results", [])
+                  if name and fit3d.method == "fit3d" else [])
     measured = list(results or [])
     base_model = fit3d.base_model or (spec.base_model if spec else None)
     base = fit3d.base
     display = spec.display_name if spec else config.architecture
     license_ = (spec.license if spec else None) or config.pretrained_cfg.get("license") or "other"
-    model_name = repo_id.split("/")[-1] if repo_id else f"fit3d-{name or config.architecture}"
+    model_name = repo_id.split("/")[-1] if repo_id else \
+        f"{fit3d.method}-{name or config.architecture}"
 
     training = fit3d.training
     from_authors = training.get("release") == "authors"
@@ -80,7 +84,8 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         license=license_,
         base_model=f"timm/{base_model}" if base_model else None,
         datasets=meta["datasets"] if from_authors else (training.get("datasets") or None),
-        tags=["fit3d", "timm", "vision-transformer", "3d-aware", "feature-extraction"],
+        tags=["fit3d", "timm", "vision-transformer", "3d-aware", "feature-extraction"]
+        + ([] if fit3d.method == "fit3d" else [fit3d.method]),
         model_name=model_name,
         eval_results=evals or None,
     )
@@ -102,7 +107,11 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     card = ModelCard.from_template(
         card_data,
         template_str=template_text(),
-        title=f"FiT3D {display}",
+        title=(f"FiT3D {display}" if fit3d.method == "fit3d"
+               else f"{display}, {method['name']}"),
+        method_name=method["name"],
+        method_text=method["text"],
+        refined=fit3d.refine is not None,
         display_name=display,
         load_id=repo_id or name or "<repo id or directory>",
         architecture=config.architecture,

@@ -42,6 +42,7 @@ from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.jsonio import read_json_object
 from fit3d_hub.loading import load_fit3d, resolve
 from fit3d_hub.model import FiT3D
+from fit3d_hub.refine import refine_conv
 from fit3d_hub.schema import CONFIG_NAME, MODEL_TYPE, MODES, Fit3DBlock
 from fit3d_hub.transforms import FiT3DTransform, get_transform
 
@@ -163,8 +164,11 @@ def _random_fit3d(config: FiT3DConfig) -> FiT3D:
     branches = {name: (create_vit(config.architecture, config.model_args)
                        if config.mode in ("concat", name) else None)
                 for name in ("original", "finetuned")}
-    model = FiT3D(branches["original"], branches["finetuned"], mode=config.mode,
-                  layer=block.layer, norm=block.norm)
+    fine = branches["finetuned"]
+    refine = (refine_conv(int(fine.embed_dim), block.refine.kernel_size)
+              if fine is not None and block.refine is not None else None)
+    model = FiT3D(branches["original"], fine, mode=config.mode, layer=block.layer,
+                  norm=block.norm, refine=refine)
     model.fit3d_block = block
     return model
 

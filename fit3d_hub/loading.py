@@ -12,6 +12,7 @@ from fit3d_hub.backbone import load_vit
 from fit3d_hub.errors import HubFileNotFoundError, RepoFormatError, UnknownModelError
 from fit3d_hub.hub import HubFile, download_command, fetch
 from fit3d_hub.model import FiT3D
+from fit3d_hub.refine import load_refine, refine_conv
 from fit3d_hub.registry import BackboneSpec, get_spec, is_registered
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
@@ -36,6 +37,8 @@ class ResolvedModel:
     """The base file is a timm hub checkpoint (may carry a classifier to drop)."""
     random: bool = False
     """Built with random weights (``pretrained=False``)."""
+    refine_path: Path | None = None
+    """The refine conv's weights (equivariance repos, when the fine-tuned branch is needed)."""
 
 
 def _is_pathlike(name: str) -> bool:
@@ -115,6 +118,12 @@ def _resolve_repo_dir(directory: Path, need_orig: bool, need_fine: bool, pretrai
     fine = directory / WEIGHTS_NAME
     if need_fine and not fine.is_file():
         raise RepoFormatError(f"{fine}: missing; a FiT3D repo needs the fine-tuned weights")
+    refine = None
+    if need_fine and config.fit3d.refine is not None:
+        refine = directory / config.fit3d.refine.filename
+        if not refine.is_file():
+            raise RepoFormatError(f"{refine}: missing; config.json's 'fit3d.refine' names it "
+                                  "(the refine conv of the fine-tuned branch)")
     base, from_timm = None, False
     if need_orig:
         base = directory / BASE_WEIGHTS_NAME
@@ -123,7 +132,8 @@ def _resolve_repo_dir(directory: Path, need_orig: bool, need_fine: bool, pretrai
             base = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
                          command=hint)[ref]
             from_timm = True
-    return ResolvedModel(config, fine if need_fine else None, base, from_timm)
+    return ResolvedModel(config, fine if need_fine else None, base, from_timm,
+                         refine_path=refine)
 
 
 def _resolve_hub_repo(repo_id: str, need_orig: bool, need_fine: bool, pretrained: bool,
@@ -144,7 +154,12 @@ def _resolve_hub_repo(repo_id: str, need_orig: bool, need_fine: bool, pretrained
         base = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
                      command=hint)[ref]
         from_timm = True
-    return ResolvedModel(config, paths.get(fine), base, from_timm)
+    refine = None
+    if need_fine and config.fit3d.refine is not None:
+        ref = HubFile(repo_id, config.fit3d.refine.filename, revision)
+        refine = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
+                       command=hint)[ref]
+    return ResolvedModel(config, paths.get(fine), base, from_timm, refine_path=refine)
 
 
 def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = None) -> FiT3D:
@@ -159,7 +174,13 @@ def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = No
                 if mode in ("concat", "original") else None)
     finetuned = (backbone(resolved.finetuned_path, False)
                  if mode in ("concat", "finetuned") else None)
-    model = FiT3D(original, finetuned, mode=mode, pad=pad, layer=block.layer, norm=block.norm)
+    refine = None
+    if finetuned is not None and block.refine is not None:
+        refine = (load_refine(resolved.refine_path, block.refine, int(finetuned.embed_dim))
+                  if resolved.refine_path is not None
+                  else refine_conv(int(finetuned.embed_dim), block.refine.kernel_size))
+    model = FiT3D(original, finetuned, mode=mode, pad=pad, layer=block.layer, norm=block.norm,
+                  refine=refine)
     model.fit3d_block = replace(block)
     if resolved.random:
         # Random weights have no hub source that a saved repo could point at.

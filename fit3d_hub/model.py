@@ -12,6 +12,7 @@ from torch import nn
 
 from fit3d_hub.errors import InputShapeError, RepoFormatError
 from fit3d_hub.hub import push_directory
+from fit3d_hub.refine import spec_of
 from fit3d_hub.repo_format import save_repo
 from fit3d_hub.schema import MODES, Fit3DBlock
 
@@ -78,6 +79,9 @@ class FiT3D(nn.Module):
             each side evenly up to the next multiple, as the authors' evaluation does).
         layer, norm: the block whose tokens are the features (-1: the last) and whether the
             final norm applies (FiT3D's: -1 and True); config.json records both.
+        refine: a module applied to the fine-tuned branch's feature map (the equivariance
+            method's 3x3 refine conv; ``None`` for FiT3D). ``forward_intermediates`` returns
+            the blocks' own tokens, without it.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class FiT3D(nn.Module):
         pad: str | None = None,
         layer: int = -1,
         norm: bool = True,
+        refine: nn.Module | None = None,
     ):
         super().__init__()
         present = [m for m in (original, finetuned) if m is not None]
@@ -108,6 +113,10 @@ class FiT3D(nn.Module):
         if not -depth <= layer < depth:
             raise ValueError(f"layer={layer}: expected a block index in {-depth}..{depth - 1}")
         self.layer, self.norm = int(layer), bool(norm)
+        if refine is not None and finetuned is None:
+            raise ValueError("a refine module applies to the fine-tuned branch, which this "
+                             "model has not")
+        self.refine = refine
         # config.json's fit3d block (save_pretrained fills in the model's own fields): where
         # the original weights come from, registry name, statistics, training provenance.
         self.fit3d_block = Fit3DBlock()
@@ -205,6 +214,8 @@ class FiT3D(nn.Module):
             orig, cls = self._branch_features(self.original, x)
         if self._mode in ("concat", "finetuned"):
             fine, fine_cls = self._branch_features(self.finetuned, x)
+            if self.refine is not None:
+                fine = self.refine(fine)
             if orig is None:
                 cls = fine_cls
         if self._mode == "concat":
@@ -297,8 +308,10 @@ class FiT3D(nn.Module):
         """The ``fit3d`` block config.json gets: the recorded one, with this model's shape,
         feature choice and statistics filled in."""
         mean, std = self.normalization
+        refine = spec_of(self.refine) if self.refine is not None else None
         return replace(self.fit3d_block, patch_size=self.patch_size, embed_dim=self.embed_dim,
-                       layer=self.layer, norm=self.norm, mean=tuple(mean), std=tuple(std))
+                       layer=self.layer, norm=self.norm, mean=tuple(mean), std=tuple(std),
+                       refine=refine)
 
     def save_pretrained(self, directory: str | Path, *, include_base: bool | None = None,
                         card: str | None = None) -> Path:
@@ -310,7 +323,7 @@ class FiT3D(nn.Module):
             raise RepoFormatError("nothing to save: this model was loaded without its "
                                   "fine-tuned backbone (mode='original')")
         return save_repo(directory, self.finetuned, self.original, self.block_to_save(),
-                         include_base=include_base, card=card)
+                         include_base=include_base, card=card, refine=self.refine)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Save to a temporary directory and upload it as a hub model repo; returns the commit URL.

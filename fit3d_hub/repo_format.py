@@ -16,6 +16,7 @@ from torch import nn
 from fit3d_hub.atomic import write_text_atomic
 from fit3d_hub.cards import render_card
 from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.refine import save_refine
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
     CARD_NAME,
@@ -58,11 +59,13 @@ def build_config(finetuned: nn.Module, block: Fit3DBlock) -> dict[str, Any]:
 
 def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module | None,
               block: Fit3DBlock, *, include_base: bool | None = None,
-              card: str | None = None) -> Path:
+              card: str | None = None, refine: nn.Module | None = None) -> Path:
     """Write a repo into ``directory``; each file is written atomically.
 
     ``include_base=None`` embeds the original weights only when ``block.base`` names no hub
-    source. Weights go first and config.json last, so a directory with a config is whole.
+    source. ``refine`` (the equivariance method's conv) is written to the file
+    ``block.refine`` names. Weights go first and config.json last, so a directory with a
+    config is whole.
     """
     directory = Path(directory)
     embed = (block.base is None) if include_base is None else include_base
@@ -72,10 +75,15 @@ def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module |
     if not embed and block.base is None:
         raise RepoFormatError("the original weights have no hub source to point to; "
                               "save with include_base=True")
+    if (refine is None) != (block.refine is None):
+        raise RepoFormatError("the fit3d block's 'refine' record and the refine module must "
+                              "come together")
     directory.mkdir(parents=True, exist_ok=True)
     config = build_config(finetuned, block)
     save_state_dict(finetuned.state_dict(), directory / WEIGHTS_NAME,
                     metadata={"format": "pt", "fit3d": "finetuned"})
+    if refine is not None:
+        save_refine(refine, directory / block.refine.filename)
     if embed:
         save_state_dict(original.state_dict(), directory / BASE_WEIGHTS_NAME,
                         metadata={"format": "pt", "fit3d": "original"})

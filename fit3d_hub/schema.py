@@ -20,6 +20,7 @@ MODEL_TYPE = "fit3d"
 """config.json's ``model_type``: transformers' name for FiT3D repos."""
 WEIGHTS_NAME = "model.safetensors"
 BASE_WEIGHTS_NAME = "base.safetensors"
+REFINE_WEIGHTS_NAME = "refine.safetensors"
 CARD_NAME = "README.md"
 FORMAT_VERSION = 1
 
@@ -27,6 +28,9 @@ MODES = ("concat", "finetuned", "original")
 """What a FiT3D model returns, and the feature variants every evaluation reports:
 ``[original | fine-tuned]`` concatenated on channels, or one branch."""
 FUSIONS = ("concat",)
+METHODS = ("fit3d", "equivariance")
+"""3D-aware fine-tuning methods a repo's weights may come from: FiT3D (ECCV 2024) and
+multiview-equivariance fine-tuning (ICLR 2025; LoRA merged into the ViT plus a refine conv)."""
 
 
 @dataclass
@@ -54,6 +58,37 @@ class BaseRef:
 
 
 @dataclass
+class RefineSpec:
+    """A convolution applied to the fine-tuned branch's patch-feature map (the equivariance
+    method's 3x3 "refine conv"): ``Conv2d(C, C, kernel_size, padding=kernel_size // 2)``,
+    weights ``weight``/``bias`` in ``filename``."""
+
+    kernel_size: int = 3
+    filename: str = REFINE_WEIGHTS_NAME
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel_size": self.kernel_size, "filename": self.filename}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> RefineSpec:
+        if not isinstance(raw, dict):
+            raise RepoFormatError(f"{where}: field 'fit3d.refine' must be an object or null")
+        unknown = set(raw) - {"kernel_size", "filename"}
+        if unknown:
+            raise RepoFormatError(f"{where}: unknown keys in 'fit3d.refine': {sorted(unknown)}")
+        kernel = raw.get("kernel_size", 3)
+        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
+            raise RepoFormatError(f"{where}: field 'fit3d.refine.kernel_size' must be an odd "
+                                  f"positive int; got {kernel!r}")
+        filename = raw.get("filename", REFINE_WEIGHTS_NAME)
+        if not isinstance(filename, str) or not filename.endswith(".safetensors") \
+                or "/" in filename:
+            raise RepoFormatError(f"{where}: field 'fit3d.refine.filename' must name a "
+                                  f".safetensors file in the repo; got {filename!r}")
+        return cls(kernel, filename)
+
+
+@dataclass
 class Fit3DBlock:
     """config.json's ``fit3d`` block: what to pair the weights with and how to read them."""
 
@@ -64,7 +99,9 @@ class Fit3DBlock:
     base: BaseRef | None = None
     """Hub location of the original weights; None when the repo embeds them."""
     method: str = "fit3d"
-    """The 3D-aware fine-tuning that produced the weights."""
+    """The 3D-aware fine-tuning that produced the weights (one of ``METHODS``)."""
+    refine: RefineSpec | None = None
+    """A conv the fine-tuned branch's final feature map goes through (equivariance method)."""
     layer: int = -1
     """Block whose tokens are the features (-1: the last)."""
     norm: bool = True
@@ -83,6 +120,7 @@ class Fit3DBlock:
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["base"] = self.base.to_json() if self.base else None
+        out["refine"] = self.refine.to_json() if self.refine else None
         for key in ("mean", "std"):
             out[key] = list(out[key]) if out[key] is not None else None
         return {**out, **self.extra}
@@ -113,6 +151,11 @@ class Fit3DBlock:
             values[key] = tuple(float(v) for v in value)
         if raw.get("base") is not None:
             values["base"] = BaseRef.from_json(raw["base"], where)
+        if raw.get("refine") is not None:
+            values["refine"] = RefineSpec.from_json(raw["refine"], where)
+        if values.get("method", "fit3d") not in METHODS:
+            raise RepoFormatError(f"{where}: field 'fit3d.method' is {values['method']!r}; this "
+                                  f"fit3d-hub knows {', '.join(METHODS)} (upgrade fit3d-hub?)")
         if values.get("fusion", "concat") not in FUSIONS:
             raise RepoFormatError(f"{where}: field 'fit3d.fusion' is {values['fusion']!r}; this "
                                   f"fit3d-hub serves {', '.join(FUSIONS)}")

@@ -75,3 +75,10 @@ class Camera:
         cam = np.stack([x, y, depth], -1)
         rot, trans = self.w2c[:3, :3], self.w2c[:3, 3]
         return (cam - trans) @ rot
+
+
+def relative_rotation_degrees(w2c_a: np.ndarray, w2c_b: np.ndarray) -> float:
+    """Angle of the rotation between two world-to-camera poses."""
+    rel = w2c_b[:3, :3] @ w2c_a[:3, :3].T
+    cos = (np.trace(rel) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))

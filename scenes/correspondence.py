@@ -22,6 +22,19 @@ class Correspondences:
     uv_b: np.ndarray
 
 
+def pixel_centres(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, 2) pixel-centre coordinates ``(col + 0.5, row + 0.5)`` of integer pixels."""
+    return np.stack([cols + 0.5, rows + 0.5], -1).astype(np.float64)
+
+
+def surface_points(camera: Camera, depth: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """World points (N, 3) the pixels at ``uv`` see, from the depth of the pixel holding
+    each (back-projection through the pixel's own position)."""
+    cols = np.clip(np.floor(uv[:, 0]).astype(int), 0, depth.shape[1] - 1)
+    rows = np.clip(np.floor(uv[:, 1]).astype(int), 0, depth.shape[0] - 1)
+    return camera.unproject(uv, depth[rows, cols].astype(np.float64))
+
+
 def correspondences(cam_a: Camera, depth_a: np.ndarray, cam_b: Camera, depth_b: np.ndarray,
                     *, stride: int = 2, tolerance: float = 0.03) -> Correspondences:
     """Ground-truth matches from A to B with an occlusion check against B's depth.
@@ -32,10 +45,9 @@ def correspondences(cam_a: Camera, depth_a: np.ndarray, cam_b: Camera, depth_b: 
     h, w = depth_a.shape
     ys, xs = np.mgrid[0:h:stride, 0:w:stride]
     ys, xs = ys.ravel(), xs.ravel()
-    z_a = depth_a[ys, xs]
-    valid = z_a > 0
-    uv_a = np.stack([xs + 0.5, ys + 0.5], -1)[valid].astype(np.float64)
-    world = cam_a.unproject(uv_a, z_a[valid])
+    valid = depth_a[ys, xs] > 0
+    uv_a = pixel_centres(ys[valid], xs[valid])
+    world = surface_points(cam_a, depth_a, uv_a)
     uv_b, z_b = cam_b.project(world)
     cols, rows = np.floor(uv_b[:, 0]).astype(int), np.floor(uv_b[:, 1]).astype(int)
     inside = (z_b > 0) & (cols >= 0) & (cols < depth_b.shape[1]) & (rows >= 0) \

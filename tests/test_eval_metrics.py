@@ -22,11 +22,11 @@ from eval.metrics import (
     confusion_matrix,
     correspondence_metrics,
     depth_metrics,
-    relative_rotation_degrees,
     segmentation_metrics,
 )
 from fit3d_hub import FiT3DFeatures
 from fit3d_hub.transforms import FiT3DTransform
+from scenes.cameras import relative_rotation_degrees
 from scenes.load import load_scene
 from scenes.types import SceneError
 

@@ -132,7 +132,7 @@ def _run(accelerator, lifted: str | Path, backbone: str, output: Path, config: F
         summary = finetune(accelerator, vit, store, config, transform=get_transform(teacher),
                            backend=backend, checkpoint_dir=output / "checkpoints",
                            resume=resume, on_step=on_step,
-                           settings={"backbone": _backbone_id(backbone), "scenes": store.names,
+                           settings={"backbone": backbone_id(backbone), "scenes": store.names,
                                      "mixed_precision": mixed_precision})
     finally:
         bar.close()
@@ -149,7 +149,7 @@ def _run(accelerator, lifted: str | Path, backbone: str, output: Path, config: F
     return summary
 
 
-def _backbone_id(backbone: str) -> str:
+def backbone_id(backbone: str) -> str:
     """The backbone as a resumed run must name it again: a local folder by its absolute
     path (so ``./model`` and ``/abs/model`` agree), anything else as given."""
     path = Path(backbone)

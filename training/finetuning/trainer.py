@@ -13,30 +13,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from fit3d_hub.checkpoint import (
-    TENSORS,
-    latest,
-    load_optimizer,
-    optimizer_tensors,
-    prune,
-    read_checkpoint,
-    restore_torch_rng,
-    tensors_finite,
-    torch_rng_tensors,
-    write_checkpoint,
-)
 from fit3d_hub.distributed import finite_everywhere
 from fit3d_hub.model import patch_tokens_nchw
 from fit3d_hub.transforms import FiT3DTransform
-from fit3d_hub.weights import load_strict
+from training.checkpoints import (
+    TrainingStopped,
+    TrainState,
+    check_finite,
+    last_good,
+    resume_latest,
+    save_checkpoint,
+    save_final,
+)
 from training.finetuning.data import LiftedStore
 from training.finetuning.targets import make_sample, masked_l1
 
-CHECKPOINT_PREFIX = "step_"
-
-
-class FinetuneError(RuntimeError):
-    """Training cannot go on (NaN loss); the last good checkpoint is kept."""
+FinetuneError = TrainingStopped
+"""Stage 2 cannot go on (NaN loss); the last good checkpoint is kept."""
 
 
 @dataclass
@@ -76,14 +69,6 @@ class PatchFeatures(nn.Module):
         return patch_tokens_nchw(self.vit, x)[0]
 
 
-@dataclass
-class TrainState:
-    """Progress, saved in every checkpoint's ``state.json``."""
-
-    step: int = 0  # optimizer steps done
-    micro: int = 0  # micro-batches done (all processes together count as one)
-
-
 MAY_CHANGE = ("epochs", "save_every", "keep_checkpoints")
 """Settings a resumed run may change: how long it runs and how it checkpoints. Every other
 setting, and the backbone, scene set, mixed precision and process count, must match."""
@@ -101,55 +86,6 @@ def epoch_order(train_views: list[list[int]], epoch: int, seed: int
     perm = rng.permutation(len(pairs))
     flips = rng.random(len(pairs)) < 0.5
     return [(pairs[i][0], pairs[i][1], bool(flips[k])) for k, i in enumerate(perm)]
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    return latest(directory, CHECKPOINT_PREFIX)
-
-
-def save_checkpoint(accelerator, directory: Path, model: nn.Module, optimizer,
-                    state: TrainState, settings: dict, keep: int) -> Path:
-    """Weights, optimizer, every process's RNG and the progress, as safetensors + JSON
-    (``fit3d_hub.checkpoint``); refused if a weight is not finite. Old ones are pruned."""
-    from accelerate.utils import gather_object
-
-    weights = accelerator.unwrap_model(model).state_dict()
-    if not tensors_finite(weights.values()):
-        raise FinetuneError(f"weights became non-finite by step {state.step}; not saved. The "
-                            f"last good checkpoint is {_last_good(directory)}")
-    rng = gather_object([torch_rng_tensors(f"rng.{accelerator.process_index}")])
-    final = directory / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-    if accelerator.is_main_process:
-        opt_tensors, opt_state = optimizer_tensors(optimizer, "optimizer")
-        tensors = {**{f"model.{k}": v for k, v in weights.items()}, **opt_tensors}
-        for r in rng:
-            tensors.update(r)
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        write_checkpoint(final, tensors, {"progress": asdict(state), "settings": settings,
-                                          "optimizer": opt_state, "scaler": scaler})
-        prune(directory, CHECKPOINT_PREFIX, keep)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _last_good(directory: Path) -> str:
-    last = latest_checkpoint(directory)
-    return str(last) if last is not None else "none (no checkpoint was written yet)"
-
-
-def load_checkpoint(accelerator, path: Path, model: nn.Module, optimizer, state: TrainState,
-                    settings: dict) -> None:
-    """Resume from ``path``: refuses (:class:`SettingsChangedError`) other settings."""
-    ckpt = read_checkpoint(path, settings, MAY_CHANGE)
-    prefix = "model."
-    weights = {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
-    load_strict(accelerator.unwrap_model(model), weights, str(path / TENSORS))
-    load_optimizer(optimizer, ckpt.tensors, ckpt.state["optimizer"], "optimizer")
-    restore_torch_rng(ckpt.tensors, f"rng.{accelerator.process_index}")
-    if accelerator.scaler is not None and ckpt.state.get("scaler"):
-        accelerator.scaler.load_state_dict(ckpt.state["scaler"])
-    progress = ckpt.state["progress"]
-    state.step, state.micro = int(progress["step"]), int(progress["micro"])
 
 
 def epoch_lr(config: FinetuneConfig, epoch: int) -> float:
@@ -176,13 +112,10 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
                                   weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
-    if resume:
-        last = latest_checkpoint(checkpoint_dir)
-        if last is not None:
-            load_checkpoint(accelerator, last, model, optimizer, state, settings)
-            # Accelerate decides when gradients sync from its own micro-step counter.
-            accelerator.step = state.micro
-            accelerator.print(f"resumed from {last} (step {state.step})")
+    if resume and resume_latest(accelerator, checkpoint_dir, model, optimizer, state,
+                                settings, MAY_CHANGE):
+        # Accelerate decides when gradients sync from its own micro-step counter.
+        accelerator.step = state.micro
     per_micro = config.batch_size * accelerator.num_processes
     train_views = store.training_views()
     micro_per_epoch = len(epoch_order(train_views, 0, config.seed)) // per_micro
@@ -217,7 +150,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
                 what = value if not math.isfinite(value) else "non-finite on another process"
                 raise FinetuneError(f"loss became {what} at step {state.step + 1}; nothing was "
                                     "saved from it. The last good checkpoint is "
-                                    f"{_last_good(checkpoint_dir)}")
+                                    f"{last_good(checkpoint_dir)}")
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -234,14 +167,10 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
             if config.save_every > 0 and state.step % config.save_every == 0:
                 save_checkpoint(accelerator, checkpoint_dir, model, optimizer, state, settings,
                                 config.keep_checkpoints)
-    last = latest_checkpoint(checkpoint_dir)
-    if config.save_every > 0 and (last is None
-                                  or last.name != f"{CHECKPOINT_PREFIX}{state.step:08d}"):
-        save_checkpoint(accelerator, checkpoint_dir, model, optimizer, state, settings,
-                        config.keep_checkpoints)
-    if not tensors_finite(accelerator.unwrap_model(model).parameters()):
-        raise FinetuneError(f"weights became non-finite by step {state.step}; no repo written. "
-                            f"The last good checkpoint is {_last_good(checkpoint_dir)}")
+    if config.save_every > 0:
+        save_final(accelerator, checkpoint_dir, model, optimizer, state, settings,
+                   config.keep_checkpoints)
+    check_finite(accelerator, model, state, checkpoint_dir)
     return {"steps": state.step, "micro_batches": state.micro, "final_loss": last_loss,
             "seconds": time.perf_counter() - start}
 
