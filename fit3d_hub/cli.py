@@ -41,10 +41,15 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from fit3d_hub.convert import convert_checkpoint
+    from fit3d_hub.convert import convert_checkpoint, convert_equivariance_checkpoint
 
-    out = convert_checkpoint(args.source, args.backbone, args.output, base=args.base,
-                             overwrite=args.overwrite)
+    if args.method == "equivariance":
+        out = convert_equivariance_checkpoint(args.source, args.backbone, args.output,
+                                              base=args.base, overwrite=args.overwrite,
+                                              cache_dir=args.cache_dir)
+    else:
+        out = convert_checkpoint(args.source, args.backbone, args.output, base=args.base,
+                                 overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -116,12 +121,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from fit3d_hub.checkout import source_root
 
     source_root()
-    from training.demo import DemoSettings, run_demo
+    from training.demo import (
+        DemoSettings,
+        EquivarianceDemoSettings,
+        run_demo,
+        run_equivariance_demo,
+    )
 
-    settings = DemoSettings(backbone=args.backbone, seed=args.seed)
-    if args.quick:
-        settings.lift_iterations, settings.epochs = 120, 6
     try:
+        if args.method == "equivariance":
+            eq = EquivarianceDemoSettings(backbone=args.backbone, seed=args.seed)
+            if args.quick:
+                eq.steps = 100
+            run_equivariance_demo(args.output, eq)
+            return 0
+        settings = DemoSettings(backbone=args.backbone, seed=args.seed)
+        if args.quick:
+            settings.lift_iterations, settings.epochs = 120, 6
         run_demo(args.output, settings)
     except RuntimeError as err:
         raise FiT3DError(str(err)) from None
@@ -149,9 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     _hub_options(p)
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("convert", help="turn an authors' .pth checkpoint into the repo format")
+    p = sub.add_parser("convert", help="turn an authors' checkpoint into the repo format")
     p.add_argument("source", help="fine-tuned checkpoint (.pth read with weights_only=True, or "
-                   ".safetensors)")
+                   ".safetensors; with --method equivariance a 3DCorrEnhance .ckpt)")
+    p.add_argument("--method", default="fit3d", choices=("fit3d", "equivariance"),
+                   help="whose release SOURCE is: FiT3D's state dict (default) or "
+                   "3DCorrEnhance's LoRA + refine conv")
+    p.add_argument("--cache-dir", help="Hugging Face cache for the original weights")
     p.add_argument("--backbone", required=True, help="registry name of its architecture")
     p.add_argument("--output", required=True, help="directory to write the repo into")
     p.add_argument("--base", help="original backbone checkpoint to embed (self-contained repo)")
@@ -191,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate synthetic scenes, lift a backbone's features into "
                        "3D Gaussians (Stage 1), fine-tune it on the renders (Stage 2), load the "
                        "result with load_fit3d, and report multi-view consistency before and "
-                       "after on held-out views, with pictures. Needs the source checkout.")
+                       "after on held-out views, with pictures. --method equivariance instead "
+                       "fine-tunes LoRA and a refine conv on 3D correspondences (ICLR 2025) and "
+                       "reports APE/PCDP on unseen scenes. Needs the source checkout.")
+    p.add_argument("--method", default="fit3d", choices=("fit3d", "equivariance"),
+                   help="which 3D-aware fine-tuning to run (default fit3d)")
     p.add_argument("--output", default="fit3d-demo", help="folder to write (default fit3d-demo)")
     p.add_argument("--backbone", help="registry name, hub repo id or directory (default: a "
                    "tiny random ViT built on the spot, so the demo runs offline)")

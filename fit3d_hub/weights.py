@@ -45,9 +45,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+def read_pickle_object(path: str | Path) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU: containers of tensors and plain values
+    only; anything that would run code is :class:`UnsafeCheckpointError`, a damaged file
+    :class:`CheckpointError`, each one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeCheckpointError(
@@ -58,6 +64,10 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
                               ) from None
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    obj = read_pickle_object(path)
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and set(obj) == {key}:
             obj = obj[key]

@@ -48,3 +48,19 @@ def test_demo_help(flag, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["demo", flag])
     assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+def test_equivariance_demo_runs_offline_and_improves_matching(tmp_path):
+    beside = Path(sys.executable).with_name("fit3d-hub")
+    exe = str(beside) if beside.exists() else shutil.which("fit3d-hub")
+    proc = subprocess.run([exe, "demo", "--method", "equivariance", "--quick", "--output",
+                           str(tmp_path / "demo")], capture_output=True, text=True,
+                          timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {m.group(1): [float(v) for v in m.group(2).split(" | ")]
+            for m in re.finditer(r"^\| ([a-z-]+) \| ([0-9. |]+?) \|$", proc.stdout, re.M)}
+    assert set(rows) == {"concat", "finetuned", "original", "zero-motion", "identity"}
+    ape, pcdp_02 = 0, 3
+    assert rows["concat"][ape] < rows["original"][ape]
+    assert rows["concat"][pcdp_02] > rows["original"][pcdp_02]
+    assert (tmp_path / "demo" / "model" / "refine.safetensors").is_file()

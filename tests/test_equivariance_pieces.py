@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import tiny_vit
 
-from training.equivariance.lora import QVLoRA, add_lora, merge_lora
+from fit3d_hub.lora import QVLoRA, add_lora, merge_lora
 from training.equivariance.loss import smooth_ap_loss
 
 

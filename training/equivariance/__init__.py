@@ -1,6 +1,8 @@
-"""Multiview-equivariance fine-tuning (ICLR 2025; authors' code: qq456cvb/3DCorrEnhance).
+"""Multiview-equivariance fine-tuning (You et al., ICLR 2025; authors' code:
+qq456cvb/3DCorrEnhance), run as ``python -m training.equivariance``.
 
-Work in progress (issue 15): the pure pieces so far, LoRA on the q and v slices of timm's
-fused qkv (``lora``) and the authors' two-term smooth-AP loss (``loss``). The training loop,
-the repo format entry and the demo are not written yet.
+``pairs`` (views, points and 3D distances, on the eval's ground truth), ``augment``,
+``network`` (ViT + LoRA + refine conv, input size), ``loss`` (smooth AP), ``trainer`` (the
+Accelerate loop); the LoRA itself is :mod:`fit3d_hub.lora` (the converter of the authors'
+weights uses it too) and the refine conv :mod:`fit3d_hub.refine`.
 """

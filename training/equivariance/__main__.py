@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from fit3d_hub import FiT3D, FiT3DError, load_fit3d
 from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import DATA_ERRORS, CheckpointError, OutputWriteError, exit_status
+from fit3d_hub.lora import add_lora, merge_lora
 from fit3d_hub.refine import refine_conv
 from scenes.load import scene_paths
 from scenes.types import SceneError
 from training.checkpoints import TrainingStopped
-from training.equivariance.lora import add_lora, merge_lora
 from training.equivariance.network import EquivarianceNet
 from training.equivariance.pairs import TrainingScene, load_training_scene
 from training.equivariance.trainer import EquivarianceConfig, train

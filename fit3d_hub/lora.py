@@ -65,6 +65,35 @@ def add_lora(vit: nn.Module, rank: int = RANK, blocks: int = BLOCKS) -> list[QVL
     return adapters
 
 
+def merge_authors_lora(vit: nn.Module, w_a: list[torch.Tensor], w_b: list[torch.Tensor],
+                       source: str) -> nn.Module:
+    """Fold the authors' released adapters into ``vit`` in place: ``w_a[2k]``/``w_b[2k]`` are
+    q and ``w_a[2k+1]``/``w_b[2k+1]`` v of block ``-(n - k)`` of the last n = len/2 blocks
+    (3DCorrEnhance ``finetune.py``: per block, q then v). Shapes are checked against ``vit``;
+    a mismatch is one line naming ``source``."""
+    if len(w_a) != len(w_b) or not w_a or len(w_a) % 2:
+        raise ValueError(f"{source}: expected an even number of w_a_/w_b_ adapter pairs; got "
+                         f"{len(w_a)} w_a and {len(w_b)} w_b")
+    blocks = len(w_a) // 2
+    if blocks > len(vit.blocks):
+        raise ValueError(f"{source}: adapters for {blocks} blocks, the backbone has "
+                         f"{len(vit.blocks)}")
+    rank = int(w_a[0].shape[0])
+    for i, (a, b) in enumerate(zip(w_a, w_b, strict=True)):
+        if tuple(a.shape) != (rank, vit.embed_dim) or tuple(b.shape) != (vit.embed_dim, rank):
+            raise ValueError(f"{source}: adapter {i:03d} has shapes w_a {tuple(a.shape)}, w_b "
+                             f"{tuple(b.shape)}; expected ({rank}, {vit.embed_dim}) and "
+                             f"({vit.embed_dim}, {rank}) for this backbone")
+    adapters = add_lora(vit, rank, blocks)
+    with torch.no_grad():
+        for k, adapter in enumerate(adapters):
+            adapter.a_q.weight.copy_(w_a[2 * k])
+            adapter.b_q.weight.copy_(w_b[2 * k])
+            adapter.a_v.weight.copy_(w_a[2 * k + 1])
+            adapter.b_v.weight.copy_(w_b[2 * k + 1])
+    return merge_lora(vit)
+
+
 def merge_lora(vit: nn.Module) -> nn.Module:
     """Fold every adapter into its qkv weight, in place: a plain timm ViT again (what the
     repo format stores and plain timm loads)."""
