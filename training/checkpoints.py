@@ -4,6 +4,7 @@ safetensors + JSON by :mod:`fit3d_hub.checkpoint`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from fit3d_hub.checkpoint import (
     torch_rng_tensors,
     write_checkpoint,
 )
+from fit3d_hub.distributed import finite_everywhere
 from fit3d_hub.weights import load_strict
 
 CHECKPOINT_PREFIX = "step_"
@@ -108,6 +110,18 @@ def save_final(accelerator, directory: Path, model: nn.Module, optimizer, state:
     last = latest_checkpoint(directory)
     if last is None or last.name != f"{CHECKPOINT_PREFIX}{state.step:08d}":
         save_checkpoint(accelerator, directory, model, optimizer, state, settings, keep)
+
+
+def stop_on_nonfinite_loss(accelerator, loss: torch.Tensor, step: int, directory: Path,
+                           where: str = "") -> None:
+    """Raise :class:`TrainingStopped` on every process if ``loss`` is not finite on any
+    (before anything is learned from it); ``where`` (e.g. the scene) goes into the line."""
+    if finite_everywhere(accelerator, loss):
+        return
+    value = float(loss.detach())
+    what = value if not math.isfinite(value) else "non-finite on another process"
+    raise TrainingStopped(f"loss became {what} at step {step}{where}; nothing was saved from "
+                          f"it. The last good checkpoint is {last_good(directory)}")
 
 
 def check_finite(accelerator, model: nn.Module, state: TrainState, directory: Path) -> None:

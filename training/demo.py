@@ -229,7 +229,8 @@ def run_equivariance_demo(output: str | Path, settings: EquivarianceDemoSettings
         f"at {s.size} px ({times['data']:.1f} s)")
 
     t = time.perf_counter()
-    blocks = len(load_fit3d(backbone, mode="original").original.blocks)
+    # the architecture only (no weights read): LoRA goes on at most as many blocks as it has
+    blocks = len(load_fit3d(backbone, mode="original", pretrained=False).original.blocks)
     config = EquivarianceConfig(steps=s.steps, lr=s.lr, lora_blocks=min(4, blocks),
                                 target_size=s.target_size, save_every=0, seed=s.seed)
     run_equivariance(output / "scenes" / "train", backbone, output / "model", config,

@@ -13,18 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from fit3d_hub.distributed import finite_everywhere
 from fit3d_hub.sampling import sample_features
 from fit3d_hub.transforms import preprocess_images
 from scenes.types import SceneError
 from training.checkpoints import (
-    TrainingStopped,
     TrainState,
     check_finite,
-    last_good,
     resume_latest,
     save_checkpoint,
     save_final,
+    stop_on_nonfinite_loss,
 )
 from training.equivariance.augment import Augmented, augment_view
 from training.equivariance.loss import (
@@ -168,13 +166,8 @@ def train(accelerator, net: nn.Module, scenes: list[TrainingScene], config: Equi
         sample = draw_pair(scenes, config, rng, mean=mean, std=std, patch=patch)
         maps = model(sample.images.to(device))
         loss = pair_loss(maps, sample, config)
-        if not finite_everywhere(accelerator, loss):
-            value = float(loss.detach())
-            what = value if not math.isfinite(value) else "non-finite on another process"
-            raise TrainingStopped(f"loss became {what} at step {state.step + 1} (scene "
-                                  f"{sample.scene}, views {' and '.join(sample.views)}); nothing "
-                                  "was saved from it. The last good checkpoint is "
-                                  f"{last_good(checkpoint_dir)}")
+        stop_on_nonfinite_loss(accelerator, loss, state.step + 1, checkpoint_dir,
+                               f" (scene {sample.scene}, views {' and '.join(sample.views)})")
         accelerator.backward(loss)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(trainable, config.grad_clip)

@@ -13,17 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from fit3d_hub.distributed import finite_everywhere
 from fit3d_hub.model import patch_tokens_nchw
 from fit3d_hub.transforms import FiT3DTransform
 from training.checkpoints import (
     TrainingStopped,
     TrainState,
     check_finite,
-    last_good,
     resume_latest,
     save_checkpoint,
     save_final,
+    stop_on_nonfinite_loss,
 )
 from training.finetuning.data import LiftedStore
 from training.finetuning.targets import make_sample, masked_l1
@@ -145,12 +144,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
         with accelerator.accumulate(model):
             pred = model(images)
             loss = masked_l1(pred.float(), targets, masks)
-            if not finite_everywhere(accelerator, loss):
-                value = float(loss.detach())
-                what = value if not math.isfinite(value) else "non-finite on another process"
-                raise FinetuneError(f"loss became {what} at step {state.step + 1}; nothing was "
-                                    "saved from it. The last good checkpoint is "
-                                    f"{last_good(checkpoint_dir)}")
+            stop_on_nonfinite_loss(accelerator, loss, state.step + 1, checkpoint_dir)
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
