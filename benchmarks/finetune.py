@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fit3d_hub import get_transform, load_fit3d  # noqa: E402
+from fit3d_hub.render.backends import resolve_backend  # noqa: E402
 from scenes.load import load_scene  # noqa: E402
 from scenes.synthetic import generate  # noqa: E402
-from training.finetuning.data import find_lifted, load_lifted_scene  # noqa: E402
-from training.finetuning.targets import make_sample, masked_l1  # noqa: E402
-from training.finetuning.trainer import PatchFeatures  # noqa: E402
-from training.lifting.gaussians import FeatureGaussians  # noqa: E402
-from training.lifting.io import output_path, save_lifted  # noqa: E402
-from training.lifting.rasterize import resolve_backend  # noqa: E402
+from training.fit3d.finetune.data import find_lifted, load_lifted_scene  # noqa: E402
+from training.fit3d.finetune.targets import make_sample, masked_l1  # noqa: E402
+from training.fit3d.finetune.trainer import PatchFeatures  # noqa: E402
+from training.fit3d.lift.gaussians import FeatureGaussians  # noqa: E402
+from training.fit3d.lift.record import output_path, save_lifted  # noqa: E402
 
 PAPER_VIEWS = 140_451
 

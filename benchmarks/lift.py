@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fit3d_hub import load_fit3d  # noqa: E402
+from fit3d_hub.render.backends import gsplat_available  # noqa: E402
 from scenes.load import load_scene  # noqa: E402
 from scenes.synthetic import generate  # noqa: E402
 from scenes.types import Scene  # noqa: E402
 from scenes.views import load_views  # noqa: E402
-from training.lifting.rasterize import gsplat_available  # noqa: E402
-from training.lifting.teacher import compute_teacher_features  # noqa: E402
-from training.lifting.trainer import LiftConfig, SceneViews, lift_scene  # noqa: E402
+from training.fit3d.lift.config import LiftConfig  # noqa: E402
+from training.fit3d.lift.teacher import compute_teacher_features  # noqa: E402
+from training.fit3d.lift.trainer import SceneViews, lift_scene  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from memory import peak_memory  # noqa: E402

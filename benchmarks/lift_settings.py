@@ -24,14 +24,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo.common import demo_backbone  # noqa: E402
 from scenes.load import load_scene  # noqa: E402
 from scenes.synthetic import generate  # noqa: E402
 from scenes.views import load_views  # noqa: E402
-from training.demo import demo_backbone  # noqa: E402
-from training.lift import schedule_for  # noqa: E402
-from training.lifting.gaussians import SHORT_RUN_RATES, LearningRates  # noqa: E402
-from training.lifting.teacher import compute_teacher_features, upsample_teacher  # noqa: E402
-from training.lifting.trainer import LiftConfig, SceneViews, lift_scene, render_views  # noqa: E402
+from training.fit3d.lift.config import SHORT_RUN_RATES, LearningRates, LiftConfig, schedule_for  # noqa: E402
+from training.fit3d.lift.teacher import compute_teacher_features, upsample_teacher  # noqa: E402
+from training.fit3d.lift.trainer import SceneViews, lift_scene, render_views  # noqa: E402
 
 HOLDOUT_EVERY = 4
 SETTINGS = {"authors (6.25e-5 / 6.25e-5)": LearningRates(),

@@ -1,7 +1,7 @@
 """The PyTorch rasterizer against gsplat's own PyTorch reference, side by side in one run.
 
 Speed: forward + backward (RGB and alpha with random output gradients; then RGB plus 64-d
-features as Stage 1 renders them) of ``training.lifting.torch_rasterizer`` and of gsplat's
+features as Stage 1 renders them) of ``fit3d_hub.render.torch_rasterizer`` and of gsplat's
 reference pipeline (``gsplat.rendering._rasterization``, whose CUDA pieces
 ``benchmarks/gsplat_cpu.py`` ports to PyTorch), interleaved, medians. Memory: the peak the
 forward + backward adds, each configuration in a fresh process, against image size and
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gsplat_cpu import gsplat_reference, gsplat_reference_on_cpu  # noqa: E402
 from memory import peak_memory  # noqa: E402
 
-from training.lifting.torch_rasterizer import (  # noqa: E402
+from fit3d_hub.render.torch_rasterizer import (  # noqa: E402
     rasterization,
     rasterization_with_features,
 )
@@ -187,7 +187,7 @@ def _contributing_pairs(scene: dict, width: int, height: int) -> int:
     """How many (pixel, Gaussian) pairs composite: gsplat's index kernel (ported) counts."""
     from gsplat_cpu import isect_tiles, rasterize_to_indices_in_range
 
-    from training.lifting.torch_rasterizer import project
+    from fit3d_hub.render.torch_rasterizer import project
 
     proj = project(scene["means"], scene["quats"], scene["scales"], scene["viewmats"],
                    scene["Ks"], width, height)

@@ -20,12 +20,11 @@ frames (``--views`` chooses).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval.metrics import PCDP_THRESHOLDS, correspondence_metrics
-from fit3d_hub import FiT3D, FiT3DError, get_transform, load_fit3d
+from fit3d_hub import FiT3D, commandline, get_transform, load_fit3d
 from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.commandline import option
 from fit3d_hub.distributed import accelerator_session
-from fit3d_hub.errors import OutputWriteError
+from fit3d_hub.errors import UsageError
 from fit3d_hub.results import BASELINES, Result
 from fit3d_hub.sampling import sample_features
 from fit3d_hub.schema import MODES
@@ -238,55 +238,66 @@ def pcdp_plot(summary: dict, path: Path) -> None:
                y_label="PCDP %", title="3D correspondence")
 
 
+@dataclass
+class CorrespondenceArgs:
+    """The flags of ``python -m eval.correspondence``."""
+
+    model: str = option(help="registry name, hub repo id or dir")
+    scenes: str | None = option(None, help="scene folder(s) with depth, or a text file of "
+                                "paths (this or --stereo)")
+    stereo: str | None = option(None, help="folder of rectified stereo pairs with disparity "
+                                "(this or --scenes)")
+    pairs: int = option(20, help="view pairs per scene")
+    max_rotation: float = option(120.0, help="widest relative rotation of a pair (degrees)")
+    views: str = option("auto", choices=VIEW_CHOICES, help="frames to pair: test_frames, all, "
+                        "or auto (test frames where a scene has them)")
+    queries: int = option(1000, help="query pixels per pair")
+    size: int | None = option(None, help="shorter image side the model sees (none: the image's "
+                              "own, floored to patch multiples); features are matched at image "
+                              "resolution")
+    seed: int = option(0, help="random seed")
+    output: str | None = option(None, help="results JSON (a .md table and a .png plot beside)")
+
+    def __post_init__(self) -> None:
+        if (self.scenes is None) == (self.stereo is None):
+            raise UsageError("give one of --scenes and --stereo")
+        if self.pairs < 1 or self.queries < 1 or (self.size is not None and self.size < 1):
+            raise UsageError("--pairs, --queries and --size must be positive")
+
+
+PROG = "python -m eval.correspondence"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.correspondence",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="registry name, hub repo id or dir")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--scenes", help="scene folder(s) with depth, or a text file of paths")
-    source.add_argument("--stereo", help="folder of rectified stereo pairs with disparity")
-    parser.add_argument("--pairs", type=int, default=20, help="view pairs per scene")
-    parser.add_argument("--max-rotation", type=float, default=120.0)
-    parser.add_argument("--views", default="auto", choices=VIEW_CHOICES,
-                        help="frames to pair: test_frames, all, or auto (test frames where a "
-                        "scene has them)")
-    parser.add_argument("--queries", type=int, default=1000, help="query pixels per pair")
-    parser.add_argument("--size", type=int,
-                        help="shorter image side the model sees (default: the image's own, "
-                        "floored to patch multiples); features are matched at image resolution")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="results JSON (a .md table and a .png plot beside)")
-    args = parser.parse_args(argv)
-    if args.pairs < 1 or args.queries < 1 or (args.size is not None and args.size < 1):
-        parser.error("--pairs, --queries and --size must be positive")
-    with accelerator_session() as accelerator:
-        return _run(args, accelerator)
+    args, = commandline.command(PROG, __doc__, CorrespondenceArgs, argv=argv)
+
+    def body() -> int:
+        with accelerator_session() as accelerator:
+            return _run(args, accelerator)
+
+    return commandline.run(PROG, body)
 
 
-def _run(args: argparse.Namespace, accelerator) -> int:
+def _run(args: CorrespondenceArgs, accelerator) -> int:
     from accelerate.utils import gather_object
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    try:
-        model = load_fit3d(args.model, device=accelerator.device)
-        if args.stereo:
-            results = stereo_pair_results(model, Path(args.stereo), args.queries, args.seed,
-                                          args.size)
-            dataset = Path(args.stereo).name
-        else:
-            tasks = scene_tasks(scene_paths(args.scenes), args.pairs, args.max_rotation,
-                                args.seed, args.views)
-            mine = [run_scene_task(model, t, args.queries, args.seed, args.size)
-                    for t in tqdm(tasks[rank::world], desc="pairs", mininterval=1.0,
-                                  disable=not accelerator.is_local_main_process)]
-            results = [r for r in mine if r is not None]
-            if world > 1:  # every process matched its share of the pairs
-                results = gather_object(results)
-            dataset = Path(args.scenes).name
-        summary = summarise(results)
-    except (FiT3DError, SceneError) as err:
-        print(f"eval.correspondence: error: {err}", file=sys.stderr)
-        return 2
+    model = load_fit3d(args.model, device=accelerator.device)
+    if args.stereo:
+        results = stereo_pair_results(model, Path(args.stereo), args.queries, args.seed,
+                                      args.size)
+        dataset = Path(args.stereo).name
+    else:
+        tasks = scene_tasks(scene_paths(args.scenes), args.pairs, args.max_rotation,
+                            args.seed, args.views)
+        mine = [run_scene_task(model, t, args.queries, args.seed, args.size)
+                for t in tqdm(tasks[rank::world], desc="pairs", mininterval=1.0,
+                              disable=not accelerator.is_local_main_process)]
+        results = [r for r in mine if r is not None]
+        if world > 1:  # every process matched its share of the pairs
+            results = gather_object(results)
+        dataset = Path(args.scenes).name
+    summary = summarise(results)
     if not accelerator.is_main_process:
         return 0
     table = markdown_table(summary)
@@ -294,17 +305,13 @@ def _run(args: argparse.Namespace, accelerator) -> int:
     if args.output:
         out = Path(args.output)
         payload = {"model": args.model, "task": "correspondence", "dataset": dataset,
-                   "settings": {k: v for k, v in vars(args).items() if k != "output"},
+                   "settings": {k: v for k, v in asdict(args).items() if k != "output"},
                    "versions": {"torch": torch.__version__,
                                 "python": platform.python_version()},
                    "summary": summary, "results": results_rows(summary, dataset)}
-        try:
-            write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
-            write_text_atomic(out.with_suffix(".md"), table + "\n")
-            pcdp_plot(summary, out.with_suffix(".png"))
-        except OutputWriteError as err:
-            print(f"eval.correspondence: error: {err}", file=sys.stderr)
-            return 1
+        write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(out.with_suffix(".md"), table + "\n")
+        pcdp_plot(summary, out.with_suffix(".png"))
         print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0
 

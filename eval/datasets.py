@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fit3d_hub.errors import FiT3DError
+
 IGNORE = 255
 
 
-class DatasetError(ValueError):
+class DatasetError(FiT3DError, ValueError):
     """A missing or malformed dataset file; the message names it."""
 
 

@@ -19,12 +19,11 @@ Runs under ``accelerate launch`` too (data-parallel heads, sharded extraction).
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ from eval.augment import (
     resize_image,
     seg_train_view,
 )
-from eval.datasets import IGNORE, DatasetError, Item, ProbeDataset, open_dataset
+from eval.datasets import IGNORE, Item, ProbeDataset, open_dataset
 from eval.metrics import confusion_matrix, depth_metric_rows, mean_rows, segmentation_metrics
 from eval.probe_checkpoint import ProbeCheckpoints
 from eval.probe_heads import (
@@ -60,10 +59,12 @@ from eval.protocols import (
     quick_depth,
     quick_seg,
 )
-from fit3d_hub import FiT3D, FiT3DError, load_fit3d
+from fit3d_hub import FiT3D, commandline, load_fit3d
 from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.commandline import option
 from fit3d_hub.distributed import accelerator_session
-from fit3d_hub.errors import OutputWriteError, exit_status
+from fit3d_hub.errors import UsageError
+from fit3d_hub.loading import model_id
 from fit3d_hub.results import Result
 from fit3d_hub.schema import MODES
 from fit3d_hub.transforms import normalize
@@ -426,7 +427,7 @@ def results_payload(args, data: ProbeDataset, protocol, metrics: dict, timing: d
             for variant, values in metrics.items() for m, v in values.items()]
     return {"model": args.model, "task": task, "dataset": data.name,
             "protocol": protocol.name, "protocol_settings": _plain(protocol),
-            "settings": {k: v for k, v in vars(args).items() if k != "output"},
+            "settings": {k: v for k, v in asdict(args).items() if k != "output"},
             "timing": timing,
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
             "metrics": metrics, "results": rows}
@@ -459,90 +460,93 @@ def build_protocol(args, dataset: str) -> SegProtocol | DepthProtocol:
     return make(**given)
 
 
+@dataclass
+class ProbeArgs:
+    """The flags of ``python -m eval.linear_probe``."""
+
+    task: str = option(choices=("seg", "depth"), help="segmentation or depth")
+    data: str = option(help="FORMAT:PATH (see eval/datasets.py)")
+    model: str = option(help="registry name, hub repo id or dir")
+    protocol: str = option("quick", choices=PROTOCOLS, help="quick (square crops, cached "
+                           "features, CPU-friendly) or paper (the authors' configs; GPUs)")
+    iterations: int | None = option(None, help="training steps (none: the protocol's; quick "
+                                    "2000)")
+    batch_size: int | None = option(None, help="none: the protocol's (quick 8)")
+    lr: float | None = option(None, help="none: the protocol's (quick 1e-3)")
+    size: int | None = option(None, help="quick protocol: square input side (none: 448)")
+    no_cache: bool = option(False, help="quick protocol: recompute features every step "
+                            "(random flips)")
+    num_classes: int | None = option(None, help="override the dataset's class count (NYUv2, "
+                                     "ScanNet++ label sets)")
+    seed: int = option(0, help="random seed")
+    output: str | None = option(None, help="results JSON (and a .md table beside it)")
+    save_every: int = option(500, help="save the heads' training state every N steps (0: "
+                             "never) into --checkpoint-dir")
+    checkpoint_dir: str | None = option(None, help="where to save (none: OUTPUT.checkpoints "
+                                        "beside --output; removed once the results are "
+                                        "written)")
+    resume: bool = option(False, help="continue from the newest checkpoint (same settings "
+                          "only)")
+
+    def __post_init__(self) -> None:
+        if self.save_every < 0:
+            raise UsageError("--save-every must be >= 0")
+        if self.checkpoint_dir is None and self.output:
+            self.checkpoint_dir = str(Path(self.output).with_suffix(".checkpoints"))
+        if self.resume and self.checkpoint_dir is None:
+            raise UsageError("--resume needs --output or --checkpoint-dir (where the "
+                             "checkpoints are)")
+        for name in ("iterations", "batch_size", "size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if self.protocol == "paper" and (self.size is not None or self.no_cache):
+            raise UsageError("--size and --no-cache belong to the quick protocol")
+
+
+PROG = "python -m eval.linear_probe"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.linear_probe",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--task", required=True, choices=("seg", "depth"))
-    parser.add_argument("--data", required=True, help="FORMAT:PATH (see eval/datasets.py)")
-    parser.add_argument("--model", required=True, help="registry name, hub repo id or dir")
-    parser.add_argument("--protocol", default="quick", choices=PROTOCOLS,
-                        help="quick (default: square crops, cached features, CPU-friendly) or "
-                        "paper (the authors' configs; GPUs)")
-    parser.add_argument("--iterations", type=int, help="default: the protocol's (quick 2000)")
-    parser.add_argument("--batch-size", type=int, help="default: the protocol's (quick 8)")
-    parser.add_argument("--lr", type=float, help="default: the protocol's (quick 1e-3)")
-    parser.add_argument("--size", type=int, help="quick protocol: square input side (448)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="quick protocol: recompute features every step (random flips)")
-    parser.add_argument("--num-classes", type=int,
-                        help="override the dataset's class count (NYUv2, ScanNet++ label sets)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="results JSON (and a .md table beside it)")
-    parser.add_argument("--save-every", type=int, default=500,
-                        help="save the heads' training state every N steps (default 500; 0: "
-                        "never) into --checkpoint-dir")
-    parser.add_argument("--checkpoint-dir",
-                        help="where to save (default: OUTPUT.checkpoints beside --output; "
-                        "removed once the results are written)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint (same settings only)")
-    args = parser.parse_args(argv)
-    if args.save_every < 0:
-        parser.error("--save-every must be >= 0")
-    if args.checkpoint_dir is None and args.output:
-        args.checkpoint_dir = str(Path(args.output).with_suffix(".checkpoints"))
-    if args.resume and args.checkpoint_dir is None:
-        parser.error("--resume needs --output or --checkpoint-dir (where the checkpoints are)")
-    for name in ("iterations", "batch_size", "size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.protocol == "paper" and (args.size is not None or args.no_cache):
-        parser.error("--size and --no-cache belong to the quick protocol")
-    with accelerator_session() as accelerator:
-        return _run(args, accelerator)
+    args, = commandline.command(PROG, __doc__, ProbeArgs, argv=argv)
+
+    def body() -> int:
+        with accelerator_session() as accelerator:
+            return _run(args, accelerator)
+
+    return commandline.run(PROG, body)
 
 
-def _run(args: argparse.Namespace, accelerator) -> int:
-    try:
-        data = open_dataset(args.data)
-        if args.num_classes:
-            data.num_classes = args.num_classes
-        protocol = build_protocol(args, data.name)
-        model = load_fit3d(args.model, device=accelerator.device)
-        saves = None
-        if args.checkpoint_dir is not None:
-            saves = ProbeCheckpoints(Path(args.checkpoint_dir), args.save_every, args.resume,
-                                     probe_settings(args, protocol, accelerator.num_processes))
-        metrics, timing = train_probe(model, data, args.task, protocol,
-                                      cache=not args.no_cache, seed=args.seed,
-                                      accelerator=accelerator, checkpoints=saves)
-    except (DatasetError, FiT3DError) as err:
-        print(f"eval.linear_probe: error: {err}", file=sys.stderr)
-        return exit_status(err)
+def _run(args: ProbeArgs, accelerator) -> int:
+    data = open_dataset(args.data)
+    if args.num_classes:
+        data.num_classes = args.num_classes
+    protocol = build_protocol(args, data.name)
+    model = load_fit3d(args.model, device=accelerator.device)
+    saves = None
+    if args.checkpoint_dir is not None:
+        saves = ProbeCheckpoints(Path(args.checkpoint_dir), args.save_every, args.resume,
+                                 probe_settings(args, protocol, accelerator.num_processes))
+    metrics, timing = train_probe(model, data, args.task, protocol,
+                                  cache=not args.no_cache, seed=args.seed,
+                                  accelerator=accelerator, checkpoints=saves)
     if accelerator.is_main_process:
         table = markdown(metrics)
         print(f"protocol: {protocol.name}\n{table}")
         if args.output:
             out = Path(args.output)
             payload = results_payload(args, data, protocol, metrics, timing)
-            try:
-                write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
-                write_text_atomic(out.with_suffix(".md"), table + "\n")
-            except OutputWriteError as err:
-                print(f"eval.linear_probe: error: {err}", file=sys.stderr)
-                return 1
+            write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+            write_text_atomic(out.with_suffix(".md"), table + "\n")
             print(f"wrote {out} and {out.with_suffix('.md')}")
         if saves is not None:
             saves.finish()
     return 0
 
 
-def probe_settings(args: argparse.Namespace, protocol, processes: int) -> dict:
+def probe_settings(args: ProbeArgs, protocol, processes: int) -> dict:
     """What a probe checkpoint records: a resumed probe must match it all."""
-    local = Path(args.model)
-    return {"task": args.task, "data": args.data,
-            "model": str(local.resolve()) if local.is_dir() else args.model,
+    return {"task": args.task, "data": args.data, "model": model_id(args.model),
             "protocol": _plain(protocol), "cache": not args.no_cache, "seed": args.seed,
             "num_classes": args.num_classes, "processes": processes}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from fit3d_hub.methods import get_method
 from fit3d_hub.registry import REGISTRY
 from fit3d_hub.results import Result
 from fit3d_hub.schema import MODES, RepoConfig
@@ -28,7 +29,8 @@ PROJECT_URL = "https://pypi.org/project/fit3d-hub/"
 
 
 def card_metadata() -> dict[str, Any]:
-    """The shipped per-backbone metadata (paper figures, training data, citation)."""
+    """The shipped metadata of the authors' FiT3D releases (paper figures per backbone,
+    training data); each method's text and paper are in :mod:`fit3d_hub.methods`."""
     text = resources.files(CARD_PACKAGE).joinpath("backbones.json").read_text(encoding="utf-8")
     return json.loads(text)
 
@@ -55,8 +57,8 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     fit3d = config.fit3d
     name = fit3d.name
     spec = REGISTRY.get(name) if name else None
-    method = meta["methods"][fit3d.method]
-    paper = method.get("paper", meta["paper"])
+    method = get_method(fit3d.method)
+    paper = method.paper
     # The shipped paper figures are FiT3D's; they describe no other method's weights.
     paper_rows = (meta["backbones"].get(name, {}).get("paper_results", [])
                   if name and fit3d.method == "fit3d" else [])
@@ -73,7 +75,7 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     # The paper's figures describe the authors' weights: they enter the model-index only for
     # those; other weights show them in the text as the reference they are.
     evals = [_eval_result(r["task"], r["dataset"], r["dataset_name"], r["metric"], r["fit3d"],
-                          PAPER_SOURCE, paper["url"], "paper, concat")
+                          PAPER_SOURCE, paper.url, "paper, concat")
              for r in (paper_rows if from_authors else [])]
     evals += [_eval_result(r.task, r.dataset, r.dataset_name, r.metric, r.value,
                            results_source or MEASURED_SOURCE, PROJECT_URL, f"measured, {r.variant}")
@@ -108,9 +110,9 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         card_data,
         template_str=template_text(),
         title=(f"FiT3D {display}" if fit3d.method == "fit3d"
-               else f"{display}, {method['name']}"),
-        method_name=method["name"],
-        method_text=method["text"],
+               else f"{display}, {method.title}"),
+        method_name=method.title,
+        method_text=method.card_text,
         refined=fit3d.refine is not None,
         display_name=display,
         load_id=repo_id or name or "<repo id or directory>",

@@ -5,18 +5,23 @@ states: every tensor) and ``state.json`` (progress, the settings of the run, opt
 hyper-parameters, NumPy generator states). It is written into a hidden folder and renamed
 when complete, so a folder with the final name is whole. Reading never unpickles: a
 checkpoint copied from someone else cannot run code here, and a damaged or planted file is
-refused with one line naming it. Stage 1, Stage 2 and the linear probe all save this way.
+refused with one line naming it.
+
+:class:`Checkpointer` is the one checkpointer of every resumable loop (FiT3D's Stage 1 and
+Stage 2, the equivariance method, the linear probe): it saves and restores named stateful
+parts (weights, optimizers, generators, loop progress) and checks the run's settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,14 +29,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from fit3d_hub.atomic import atomic_directory
-from fit3d_hub.errors import CheckpointError, SettingsChangedError
+from fit3d_hub.errors import CheckpointError, SettingsChangedError, TrainingStopped
 from fit3d_hub.jsonio import read_json_object
-from fit3d_hub.weights import write_safetensors
+from fit3d_hub.weights import load_strict, write_safetensors
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 FORMAT = "fit3d-hub training checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: named parts (``parts`` in state.json, ``<part>.<key>`` tensors); 1 was read by three
+loops of their own and is refused with a line saying so."""
+PREFIX = "step_"
 
 
 @dataclass
@@ -65,6 +73,10 @@ def read_state(directory: str | Path) -> dict[str, Any]:
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{state_path}: not a checkpoint state (no '{FORMAT}' format "
                               "field)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{state_path}: checkpoint version {state.get('version')!r}, "
+                              f"this fit3d-hub reads version {VERSION}; finish that run with the "
+                              "fit3d-hub that started it, or start a new output folder")
     return state
 
 
@@ -110,7 +122,11 @@ def prune(directory: str | Path, prefix: str, keep: int) -> None:
 
 # optimizers ---------------------------------------------------------------------------------
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str
+def _key(prefix: str, rest: str) -> str:
+    return f"{prefix}.{rest}" if prefix else rest
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = ""
                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """An optimizer's state dict split into tensors (``prefix.<param>.<name>``) and JSON."""
     sd = optimizer.state_dict()
@@ -118,7 +134,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str
     for index, entries in sd["state"].items():
         for name, value in entries.items():
             if torch.is_tensor(value):
-                tensors[f"{prefix}.{index}.{name}"] = value
+                tensors[_key(prefix, f"{index}.{name}")] = value
             else:
                 scalars.setdefault(str(index), {})[name] = value
     groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
@@ -127,12 +143,13 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
-                   saved: Mapping[str, Any], prefix: str) -> None:
+                   saved: Mapping[str, Any], prefix: str = "") -> None:
     """Inverse of :func:`optimizer_tensors`."""
     state: dict[int, dict[str, Any]] = {}
+    head = _key(prefix, "")
     for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            index, name = key[len(prefix) + 1:].split(".", 1)
+        if key.startswith(head):
+            index, name = key[len(head):].split(".", 1)
             state.setdefault(int(index), {})[name] = value
     for index, entries in saved.get("scalars", {}).items():
         state.setdefault(int(index), {}).update(entries)
@@ -141,27 +158,27 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"optimizer state '{prefix}' does not fit this run ({err})") \
+        raise CheckpointError(f"optimizer state {prefix!r} does not fit this run ({err})") \
             from None
 
 
 # random number generators -------------------------------------------------------------------
 
-def torch_rng_tensors(prefix: str = "rng") -> dict[str, torch.Tensor]:
+def torch_rng_tensors(prefix: str = "") -> dict[str, torch.Tensor]:
     """The CPU generator's state and every CUDA device's."""
-    out = {f"{prefix}.cpu": torch.get_rng_state()}
+    out = {_key(prefix, "cpu"): torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"{prefix}.cuda.{i}"] = s
+            out[_key(prefix, f"cuda.{i}")] = s
     return out
 
 
-def restore_torch_rng(tensors: Mapping[str, torch.Tensor], prefix: str = "rng") -> None:
-    if f"{prefix}.cpu" in tensors:
-        torch.set_rng_state(tensors[f"{prefix}.cpu"].to(torch.uint8))
+def restore_torch_rng(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    if _key(prefix, "cpu") in tensors:
+        torch.set_rng_state(tensors[_key(prefix, "cpu")].to(torch.uint8))
     if torch.cuda.is_available():
-        states = [tensors[f"{prefix}.cuda.{i}"] for i in range(torch.cuda.device_count())
-                  if f"{prefix}.cuda.{i}" in tensors]
+        states = [tensors[_key(prefix, f"cuda.{i}")] for i in range(torch.cuda.device_count())
+                  if _key(prefix, f"cuda.{i}") in tensors]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
 
@@ -228,3 +245,254 @@ def tensors_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every value of every tensor is finite."""
     return all(bool(torch.isfinite(t.detach()).all()) for t in tensors
                if t.is_floating_point())
+
+
+# the checkpointer ---------------------------------------------------------------------------
+
+class Stateful(Protocol):
+    """A named part of a training run's state: its tensors and its JSON."""
+
+    finite: bool
+    """Whether a non-finite tensor of it stops the save (weights do; moments may not)."""
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]: ...
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None: ...
+
+
+class ModuleState:
+    """A module's weights (loaded strictly); a checkpoint with a NaN or Inf in them is not
+    written."""
+
+    finite = True
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return dict(self.module.state_dict()), None
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        load_strict(self.module, dict(tensors), "weights")
+
+
+class OptimizerState:
+    """An optimizer's moments (tensors) and hyper-parameters (JSON)."""
+
+    finite = False
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return optimizer_tensors(self.optimizer, "")
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        load_optimizer(self.optimizer, tensors, saved, "")
+
+
+class TorchRNGState:
+    """The CPU generator and every CUDA device's."""
+
+    finite = False
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return torch_rng_tensors(""), None
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        restore_torch_rng(tensors, "")
+
+
+class NumpyRNGState:
+    finite = False
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return {}, numpy_rng_state(self.rng)
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        restore_numpy_rng(self.rng, saved)
+
+
+class DictState:
+    """A dict of tensors and JSON values (a densification strategy's accumulators, a loop's
+    progress), updated in place on load."""
+
+    finite = False
+
+    def __init__(self, values: dict[str, Any], device: torch.device | str | None = None):
+        self.values, self.device = values, device
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        tensors = {k: v for k, v in self.values.items() if torch.is_tensor(v)}
+        return tensors, {k: v for k, v in self.values.items() if not torch.is_tensor(v)}
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        self.values.update(saved or {})
+        self.values.update({k: v.to(self.device) if self.device is not None else v
+                            for k, v in tensors.items()})
+
+
+class DataclassState:
+    """A dataclass of JSON values (a loop's progress), updated in place on load."""
+
+    finite = False
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return {}, dataclasses.asdict(self.obj)
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        for key, value in dict(saved).items():
+            setattr(self.obj, key, value)
+
+
+class NonFiniteStateError(TrainingStopped):
+    """A part that must be finite (weights) is not: nothing was saved."""
+
+
+@dataclass
+class Checkpointer:
+    """Resumable training checkpoints of a run: named stateful parts, saved into
+    ``directory/step_NNNNNNNN/`` by :func:`write_checkpoint` and restored in place.
+
+    ``shared`` parts are the same on every process (weights, optimizer: saved from the main
+    one); ``per_process`` parts (generators) are gathered from each process and each process
+    gets its own back. ``settings`` is the run's record: a checkpoint written with other
+    settings (outside ``may_change``) is refused. With an Accelerate ``accelerator`` every
+    process must call :meth:`save` and :meth:`restore`.
+    """
+
+    directory: Path
+    settings: Mapping[str, Any]
+    may_change: tuple[str, ...] = ()
+    keep: int = 1
+    accelerator: Any = None
+    prefix: str = PREFIX
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index if self.accelerator is not None else 0
+
+    def latest(self) -> Path | None:
+        return latest(self.directory, self.prefix)
+
+    def last_good(self) -> str:
+        """The newest checkpoint, for error messages."""
+        found = self.latest()
+        return str(found) if found is not None else "none (no checkpoint was written yet)"
+
+    def path(self, step: int) -> Path:
+        return Path(self.directory) / f"{self.prefix}{step:08d}"
+
+    def check(self) -> None:
+        """Refuse, before any work, a checkpoint written with other settings."""
+        found = self.latest()
+        if found is not None:
+            check_settings(found, read_state(found).get("settings", {}), self.settings,
+                           self.may_change)
+
+    def save(self, step: int, shared: Mapping[str, Stateful],
+             per_process: Mapping[str, Stateful] | None = None) -> Path:
+        """Write the checkpoint of ``step`` (then keep the newest ``keep``); raises
+        :class:`NonFiniteStateError` (nothing written) when a weight is not finite."""
+        states = {name: part.state() for name, part in shared.items()}
+        for name, part in shared.items():
+            if part.finite and not tensors_finite(states[name][0].values()):
+                what = "weights" if name == "model" else name
+                raise NonFiniteStateError(
+                    f"{what} became non-finite by step {step}; not saved. The last good "
+                    f"checkpoint is {self.last_good()}")
+        mine = {name: part.state() for name, part in (per_process or {}).items()}
+        everyone = self._gather(mine)
+        target = self.path(step)
+        if self.rank == 0:
+            tensors: dict[str, torch.Tensor] = {}
+            parts: dict[str, Any] = {}
+            for name, (values, saved) in states.items():
+                tensors.update({f"{name}.{k}": v for k, v in values.items()})
+                parts[name] = saved
+            for name in mine:
+                parts[name] = []
+                for rank, states in enumerate(everyone):
+                    values, saved = states[name]
+                    tensors.update({f"{name}.{rank}.{k}": v for k, v in values.items()})
+                    parts[name].append(saved)
+            write_checkpoint(target, tensors, {"progress": {"step": step},
+                                               "settings": dict(self.settings),
+                                               "parts": parts})
+            prune(self.directory, self.prefix, self.keep)
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+        return target
+
+    def save_final(self, step: int, shared: Mapping[str, Stateful],
+                   per_process: Mapping[str, Stateful] | None = None) -> None:
+        """The end-of-run checkpoint, unless the newest one is of this step already."""
+        found = self.latest()
+        if found is None or found.name != self.path(step).name:
+            self.save(step, shared, per_process)
+
+    def open(self) -> SavedRun | None:
+        """The newest checkpoint, read and checked against the settings (None: none)."""
+        found = self.latest()
+        if found is None:
+            return None
+        return SavedRun(read_checkpoint(found, self.settings, self.may_change), self.rank)
+
+    def restore(self, shared: Mapping[str, Stateful],
+                per_process: Mapping[str, Stateful] | None = None) -> int | None:
+        """Load the newest checkpoint into the parts; returns its step (None: none)."""
+        saved = self.open()
+        if saved is None:
+            return None
+        for name, part in shared.items():
+            saved.load(name, part)
+        for name, part in (per_process or {}).items():
+            saved.load(name, part, per_process=True)
+        return saved.step
+
+    def remove(self) -> None:
+        """Drop the checkpoints (the run's output supersedes them)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _gather(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return [mine]
+        from accelerate.utils import gather_object
+
+        return gather_object([mine])
+
+
+@dataclass
+class SavedRun:
+    """One read checkpoint, loaded part by part (a part may need another restored first:
+    Stage 1 builds its optimizers around the restored Gaussians)."""
+
+    checkpoint: Checkpoint
+    rank: int = 0
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint.state["progress"]["step"])
+
+    def load(self, name: str, part: Stateful, per_process: bool = False) -> None:
+        """Load part ``name`` (this process's copy of a per-process part) into ``part``."""
+        state, path = self.checkpoint.state.get("parts", {}), self.checkpoint.path
+        try:
+            saved = state[name][self.rank] if per_process else state[name]
+        except (KeyError, IndexError, TypeError):
+            raise CheckpointError(f"{path}: holds no state {name!r}"
+                                  f"{f' of process {self.rank}' if per_process else ''} "
+                                  "for this run") from None
+        head = f"{name}.{self.rank}." if per_process else f"{name}."
+        tensors = {k[len(head):]: v for k, v in self.checkpoint.tensors.items()
+                   if k.startswith(head)}
+        try:
+            part.load(tensors, saved)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None

@@ -1,13 +1,28 @@
-"""One error type per failure, all under :class:`FiT3DError`, each with a one-line message."""
+"""One error type per failure, all under :class:`FiT3DError`, each with a one-line message.
+
+Each type says which exit status a command returns for it (``exit_status``): 1 for bad data
+(a file, a scene, a checkpoint, a disk), 2 for bad usage (a flag, a name, settings that
+differ from the run being resumed). :mod:`fit3d_hub.commandline` is the one place that
+turns an error into a line and a status.
+"""
 
 from __future__ import annotations
 
 
 class FiT3DError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this project raises on purpose."""
+
+    exit_status = 1
+    """What a command exits with when this error stops it: 1, bad data."""
 
 
-class UnknownModelError(FiT3DError, ValueError):
+class UsageError(FiT3DError, ValueError):
+    """A flag or argument with a value the command cannot use; the message names it."""
+
+    exit_status = 2
+
+
+class UnknownModelError(UsageError):
     """A name that is neither a registry entry, a hub repo id nor a local directory."""
 
 
@@ -30,6 +45,8 @@ class UnsafeCheckpointError(CheckpointError):
 class SettingsChangedError(CheckpointError):
     """``--resume`` with settings other than those the checkpoint was written with."""
 
+    exit_status = 2
+
 
 class HubFileNotFoundError(FiT3DError, FileNotFoundError):
     """The hub answered, and the repo, revision or file does not exist (or is gated)."""
@@ -49,14 +66,6 @@ class OutputWriteError(FiT3DError, OSError):
     the previous file, if any, is left as it was."""
 
 
-DATA_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, OutputWriteError)
-"""Failures of the data a command reads or writes (exit 1), not of how it was called."""
-
-
-def exit_status(err: BaseException, data_errors: tuple[type[BaseException], ...] = DATA_ERRORS
-                ) -> int:
-    """The CLIs' exit status for a refusal: 1 for bad data (a corrupt checkpoint, a full
-    disk, ``data_errors``), 2 for bad usage (changed settings on resume, a wrong flag)."""
-    if isinstance(err, SettingsChangedError):
-        return 2
-    return 1 if isinstance(err, data_errors) else 2
+class TrainingStopped(FiT3DError, RuntimeError):
+    """Training cannot go on (a non-finite loss or weights); the last good checkpoint is
+    kept."""

@@ -22,7 +22,7 @@ from fit3d_hub.errors import HubFileNotFoundError, NotCachedError, UnknownModelE
 from fit3d_hub.version import __version__
 
 LIBRARY_NAME = "fit3d-hub"
-# training.finetune keeps its training checkpoints inside the output repo folder; they are
+# training.fit3d.finetune keeps its training checkpoints inside the output repo folder; they are
 # for resuming, not for the hub. Hidden files are temporaries of atomic writes.
 PUSH_IGNORE = ["checkpoints/**", ".*", "**/.*"]
 _TRUE = {"1", "on", "yes", "true"}

@@ -41,6 +41,14 @@ class ResolvedModel:
     """The refine conv's weights (equivariance repos, when the fine-tuned branch is needed)."""
 
 
+def model_id(name_or_path: str | os.PathLike) -> str:
+    """A model as a run records it (checkpoint settings, provenance): a local folder by its
+    absolute path, so ``./model`` and ``/abs/model`` agree; a name or repo id as given."""
+    name = os.fspath(name_or_path)
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name
+
+
 def _is_pathlike(name: str) -> bool:
     """A string meant as a path, not as an ``owner/name`` hub repo id."""
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
@@ -86,7 +94,7 @@ def resolve(
         if need_fine and not spec.has_finetuned_weights:
             raise HubFileNotFoundError(
                 f"{spec.name}: no fine-tuned weights were released; fine-tune one with "
-                "`python -m training.finetune` and load its output directory, or use "
+                "`python -m training.fit3d.finetune` and load its output directory, or use "
                 "mode='original' or pretrained=False")
         base = HubFile(spec.base_repo, WEIGHTS_NAME)
         fine = HubFile(spec.finetuned_repo, spec.finetuned_file, revision)

@@ -43,18 +43,16 @@ def patch_size_of(vit: nn.Module) -> int:
     return int(size)
 
 
-def patch_tokens_nchw(vit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last block, final norm: patch tokens as NCHW and the first prefix (CLS) token.
-
-    Register tokens and the CLS token are dropped from the map; ``x`` must already be a
-    multiple of the patch size.
-    """
-    tokens = vit.forward_features(x)
-    p = vit.patch_embed.patch_size[0]
-    h, w = x.shape[-2] // p, x.shape[-1] // p
-    patches = tokens[:, vit.num_prefix_tokens:]
-    fmap = patches.unflatten(1, (h, w)).permute(0, 3, 1, 2)
-    return fmap, tokens[:, 0]
+def block_features(vit: nn.Module, x: torch.Tensor, layer: int = -1, norm: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block ``layer``'s patch tokens as NCHW (after the final norm if ``norm``) and its first
+    prefix (CLS) token: timm's ``forward_intermediates``, register tokens dropped. FiT3D's
+    features are the defaults (last block, normed); ``x`` must be a multiple of the patch
+    size."""
+    (fmap, prefix), = vit.forward_intermediates(x, indices=[layer], norm=norm,
+                                                return_prefix_tokens=True,
+                                                intermediates_only=True, output_fmt="NCHW")
+    return fmap, prefix[:, 0]
 
 
 def _nearest_multiples(n: int, p: int) -> tuple[int, int]:
@@ -199,12 +197,7 @@ class FiT3D(nn.Module):
 
     def _branch_features(self, vit: nn.Module, x: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.layer == -1 and self.norm:
-            return patch_tokens_nchw(vit, x)
-        (fmap, prefix), = vit.forward_intermediates(x, indices=[self.layer], norm=self.norm,
-                                                    return_prefix_tokens=True,
-                                                    intermediates_only=True)
-        return fmap, prefix[:, 0]
+        return block_features(vit, x, self.layer, self.norm)
 
     def forward_features(self, x: torch.Tensor) -> FiT3DFeatures:
         """Features of both branches (as the mode runs them) plus the CLS token."""

@@ -1,7 +1,9 @@
 """The backbone registry: plain data, one entry per released (or trainable) backbone.
 
-Adding a backbone is adding one :class:`BackboneSpec` to ``REGISTRY``; nothing else in the
-package names a backbone.
+Adding a backbone is adding one :class:`BackboneSpec` to ``REGISTRY``. Two other places name
+the released ones, for what they alone carry: ``hubconf.py`` (torch.hub entry points under the
+authors' names) and ``model_cards/backbones.json`` (the paper's figures per backbone); the
+tests check that both agree with the registry.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from torch import nn
 from fit3d_hub.atomic import write_text_atomic
 from fit3d_hub.cards import render_card
 from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.methods import get_method
 from fit3d_hub.refine import save_refine
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
@@ -106,8 +107,14 @@ def validate_repo(directory: str | Path) -> RepoConfig:
     if not directory.is_dir():
         raise RepoFormatError(f"{directory}: no such directory")
     config = read_config(directory / CONFIG_NAME)
+    method = get_method(config.fit3d.method)
+    if "refine" in method.repo_extras and config.fit3d.refine is None:
+        raise RepoFormatError(f"{directory / CONFIG_NAME}: a {method.name} repo needs "
+                              "'fit3d.refine' (its refine conv)")
     names = [WEIGHTS_NAME] + ([BASE_WEIGHTS_NAME] if (directory / BASE_WEIGHTS_NAME).exists()
                               else [])
+    if config.fit3d.refine is not None:
+        names.append(config.fit3d.refine.filename)
     for name in names:
         path = directory / name
         try:

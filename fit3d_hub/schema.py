@@ -14,6 +14,7 @@ from typing import Any
 
 from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.jsonio import read_json_object
+from fit3d_hub.methods import DEFAULT_METHOD, METHODS
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "fit3d"
@@ -28,9 +29,6 @@ MODES = ("concat", "finetuned", "original")
 """What a FiT3D model returns, and the feature variants every evaluation reports:
 ``[original | fine-tuned]`` concatenated on channels, or one branch."""
 FUSIONS = ("concat",)
-METHODS = ("fit3d", "equivariance")
-"""3D-aware fine-tuning methods a repo's weights may come from: FiT3D (ECCV 2024) and
-multiview-equivariance fine-tuning (ICLR 2025; LoRA merged into the ViT plus a refine conv)."""
 
 
 @dataclass
@@ -98,8 +96,9 @@ class Fit3DBlock:
     """timm id (with tag) of the original weights."""
     base: BaseRef | None = None
     """Hub location of the original weights; None when the repo embeds them."""
-    method: str = "fit3d"
-    """The 3D-aware fine-tuning that produced the weights (one of ``METHODS``)."""
+    method: str = DEFAULT_METHOD
+    """The 3D-aware method that produced the weights (a name of
+    :data:`fit3d_hub.methods.METHODS`)."""
     refine: RefineSpec | None = None
     """A conv the fine-tuned branch's final feature map goes through (equivariance method)."""
     layer: int = -1
@@ -153,7 +152,7 @@ class Fit3DBlock:
             values["base"] = BaseRef.from_json(raw["base"], where)
         if raw.get("refine") is not None:
             values["refine"] = RefineSpec.from_json(raw["refine"], where)
-        if values.get("method", "fit3d") not in METHODS:
+        if values.get("method", DEFAULT_METHOD) not in METHODS:
             raise RepoFormatError(f"{where}: field 'fit3d.method' is {values['method']!r}; this "
                                   f"fit3d-hub knows {', '.join(METHODS)} (upgrade fit3d-hub?)")
         if values.get("fusion", "concat") not in FUSIONS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fit3d_hub.errors import InputShapeError, RepoFormatError
-from fit3d_hub.loading import resolve
-from fit3d_hub.model import FiT3D
 
 Stats = tuple[float, float, float]
 
@@ -137,7 +136,7 @@ def to_chw_float(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def get_transform(name_or_model, size: int | tuple[int, int] | None = None, *,
+def get_transform(name_or_model: Any, size: int | tuple[int, int] | None = None, *,
                   revision: str | None = None, cache_dir: str | Path | None = None,
                   local_files_only: bool | None = None) -> FiT3DTransform:
     """The preprocessing for a registry name, repo id, local directory or loaded :class:`FiT3D`.
@@ -145,6 +144,10 @@ def get_transform(name_or_model, size: int | tuple[int, int] | None = None, *,
     Only config.json is read for names and repos (no weights are downloaded); ``revision``,
     ``cache_dir`` and ``local_files_only`` as in :func:`fit3d_hub.load_fit3d`.
     """
+    # imported here: the preprocessing above must not pull in timm or the hub client
+    from fit3d_hub.loading import resolve
+    from fit3d_hub.model import FiT3D
+
     if isinstance(name_or_model, FiT3D):
         mean, std = name_or_model.normalization
         patch = name_or_model.patch_size

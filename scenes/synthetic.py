@@ -15,17 +15,17 @@ function of the seed.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from fit3d_hub import commandline
 from fit3d_hub.atomic import atomic_directory
-from fit3d_hub.errors import OutputWriteError
+from fit3d_hub.commandline import option
+from fit3d_hub.errors import UsageError
 from scenes.cameras import Camera, opencv_w2c_to_opengl_c2w
 from scenes.scannetpp import COLMAP_TO_NERFSTUDIO
 
@@ -260,31 +260,37 @@ def generate(output: str | Path, scenes: int = 1, views: int = 12, size: int = 6
                         layout=layout) for k in range(scenes)]
 
 
+@dataclass
+class SyntheticArgs:
+    """The flags of ``python -m scenes.synthetic``."""
+
+    output: str = option(help="folder to write the scene folders into")
+    scenes: int = option(1, help="how many scenes")
+    views: int = option(12, help="views per scene")
+    size: int = option(64, help="image width (height is 3/4)")
+    seed: int = option(0, help="random seed (scene k uses seed + k)")
+    layout: str = option("nerfstudio", choices=LAYOUTS, help="nerfstudio transforms.json, or "
+                         "ScanNet++ as the FiT3D authors lay it out")
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("--scenes", self.scenes, 1), ("--views", self.views, 2),
+                                 ("--size", self.size, 8)):
+            if value < low:
+                raise UsageError(f"{name} must be at least {low}; got {value}")
+
+
+PROG = "python -m scenes.synthetic"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scenes.synthetic",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--scenes", type=int, default=1)
-    parser.add_argument("--views", type=int, default=12)
-    parser.add_argument("--size", type=int, default=64, help="image width (height is 3/4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", default="nerfstudio", choices=LAYOUTS,
-                        help="nerfstudio transforms.json, or ScanNet++ as the FiT3D authors "
-                        "lay it out")
-    args = parser.parse_args(argv)
-    for name, value, low in (("--scenes", args.scenes, 1), ("--views", args.views, 2),
-                             ("--size", args.size, 8)):
-        if value < low:
-            parser.error(f"{name} must be at least {low}; got {value}")
-    try:
-        paths = generate(args.output, args.scenes, args.views, args.size, args.seed,
-                         layout=args.layout)
-    except OutputWriteError as err:
-        print(f"scenes.synthetic: error: {err}", file=sys.stderr)
-        return 1
-    for path in paths:
-        print(path)
-    return 0
+    args, = commandline.command(PROG, __doc__, SyntheticArgs, argv=argv)
+
+    def body() -> None:
+        for path in generate(args.output, args.scenes, args.views, args.size, args.seed,
+                             layout=args.layout):
+            print(path)
+
+    return commandline.run(PROG, body)
 
 
 if __name__ == "__main__":

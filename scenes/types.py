@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fit3d_hub.errors import FiT3DError
 from scenes.cameras import Camera
 
 
-class SceneError(ValueError):
+class SceneError(FiT3DError, ValueError):
     """Bad scene input; the message names the file and the field."""
 
 

@@ -27,8 +27,9 @@ from scenes.io import load_depth
 from scenes.load import load_scene
 from scenes.synthetic import generate
 from scenes.types import SceneError
-from training.equivariance.__main__ import check_backbone, main
 from training.equivariance.augment import shift_scale_rotate
+from training.equivariance.cli import main
+from training.equivariance.config import EquivarianceConfig
 from training.equivariance.network import EquivarianceNet, network_input_size
 from training.equivariance.pairs import (
     TrainingScene,
@@ -36,7 +37,8 @@ from training.equivariance.pairs import (
     point_distances,
     sample_points,
 )
-from training.equivariance.trainer import EquivarianceConfig, draw_pair
+from training.equivariance.run import check_backbone
+from training.equivariance.trainer import draw_pair
 
 SHORT = ["--lora-blocks", "2", "--target-size", "64", "--points", "500", "--lr", "1e-3"]
 
@@ -216,7 +218,7 @@ def test_scene_without_depth_is_one_line(scenes_dir, backbone_dir, tmp_path, cap
     code = main(["--scenes", str(copy), "--backbone", str(backbone_dir),
                  "--output", str(tmp_path / "out"), *SHORT])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1  # bad input: exit 2, before any work
+    assert code == 1 and len(err.splitlines()) == 1  # bad data: exit 1, before any work
     assert str(copy) in err and "no depth for" in err
 
 
@@ -252,8 +254,8 @@ def test_nan_loss_stops_with_one_line(scenes_dir, backbone_dir, tmp_path, capsys
     code = main(["--scenes", str(scenes_dir), "--backbone", str(backbone_dir), *SHORT,
                  "--output", str(tmp_path / "out"), "--steps", "3"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
-    assert code == 1 and err.startswith("training.equivariance: error: loss became nan at "
-                                        "step 1 (scene ")
+    assert code == 1 and err.startswith("python -m training.equivariance: error: loss became "
+                                        "nan at step 1 (scene ")
     assert not (tmp_path / "out" / "config.json").exists()
 
 

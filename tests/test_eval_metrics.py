@@ -139,7 +139,7 @@ def test_correspondence_cli_on_synthetic_scene_and_stereo(tmp_path, tiny_pair, c
     # zero motion is off by exactly the 4 px disparity, divided by the short side 28
     assert stereo_rows["zero-motion"] == pytest.approx(100 * 4 / 28, abs=1e-3)
     np.save(stereo / "a_disp.npy", np.full((20, 42), 4.0))
-    assert main(["--model", str(tmp_path / "model"), "--stereo", str(stereo)]) == 2
+    assert main(["--model", str(tmp_path / "model"), "--stereo", str(stereo)]) == 1  # bad data
     assert "a_disp.npy: disparity is 42x20 but a_left.png is 42x28" in capsys.readouterr().err
 
 

@@ -106,7 +106,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 def test_stage1_killed_twice_ends_like_the_uninterrupted_run(work):
     def cmd(out: str) -> list[str]:
-        return [sys.executable, "-m", "training.lift", "--scenes", "scenes", "--backbone",
+        return [sys.executable, "-m", "training.fit3d.lift", "--scenes", "scenes", "--backbone",
                 "model", "--output", out, "--iterations", "60", "--checkpoint-every", "10",
                 "--max-points", "200", "--backend", "torch"]
 
@@ -125,12 +125,12 @@ def test_stage1_killed_twice_ends_like_the_uninterrupted_run(work):
 
 
 def test_stage2_killed_twice_ends_like_the_uninterrupted_run(work):
-    _run([sys.executable, "-m", "training.lift", "--scenes", "scenes", "--backbone", "model",
+    _run([sys.executable, "-m", "training.fit3d.lift", "--scenes", "scenes", "--backbone", "model",
           "--output", "lifted", "--iterations", "20", "--max-points", "200", "--backend",
           "torch"], work)
 
     def cmd(out: str) -> list[str]:
-        return [sys.executable, "-m", "training.finetune", "--lifted", "lifted", "--backbone",
+        return [sys.executable, "-m", "training.fit3d.finetune", "--lifted", "lifted", "--backbone",
                 "model", "--output", out, "--epochs", "4", "--lr", "1e-3", "--save-every",
                 "1", "--backend", "torch", "--resume"]
 

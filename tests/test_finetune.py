@@ -14,20 +14,21 @@ import numpy as np
 import pytest
 import torch
 
+from demo.common import demo_backbone
+from demo.fit3d import Settings, held_out_pairs, measure_consistency
 from eval.consistency import consistency
 from fit3d_hub import load_fit3d
 from scenes.correspondence import Correspondences, correspondences
 from scenes.holdout import training_views
 from scenes.io import load_depth
 from scenes.load import load_scene, scene_paths
-from training.demo import DemoSettings, demo_backbone, held_out_pairs, measure_consistency
-from training.finetuning.data import LiftedDataError, check_memory, find_lifted
-from training.finetuning.trainer import epoch_order
-from training.lift import main as lift_main
-from training.lifting.gaussians import SHORT_RUN_RATES
+from training.fit3d.finetune.data import LiftedDataError, check_memory, find_lifted
+from training.fit3d.finetune.trainer import epoch_order
+from training.fit3d.lift.cli import main as lift_main
+from training.fit3d.lift.config import SHORT_RUN_RATES
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = DemoSettings(views=16, size=48, lift_iterations=200, epochs=10, lr=1e-3)
+SETTINGS = Settings(views=16, size=48, lift_iterations=200, epochs=10, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def _finetune(root: Path, output: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def finetuned(lifted):
-    from training.finetune import main
+    from training.fit3d.finetune.cli import main
 
     out = lifted / "model"
     code = main(_finetune(lifted, out, "--epochs", str(SETTINGS.epochs), "--lr",
@@ -109,29 +110,32 @@ def test_held_out_view_rule():
 
 
 def test_stage2_leaves_test_frames_out_as_the_authors_stage2_does():
-    from training.finetuning.data import stage2_views
+    from dataclasses import replace
 
-    meta = {"views": 5, "training_views": [0, 1, 2, 3, 4],
-            "splits": ["test", "train", "train", "train", "test"]}
+    from training.fit3d.finetune.data import stage2_views
+    from training.fit3d.lift.record import LiftedMeta
+
+    meta = LiftedMeta("s", 5, (8, 6), training_views=[0, 1, 2, 3, 4],
+                      splits=["test", "train", "train", "train", "test"])
     assert stage2_views(meta) == [1, 2, 3]  # Stage 1 saw the test frames, Stage 2 does not
-    assert stage2_views({**meta, "training_views": [1, 3]}) == [1, 3]
-    assert stage2_views({"views": 4}) == [0, 1, 2, 3]  # older files: every view
+    assert stage2_views(replace(meta, training_views=[1, 3])) == [1, 3]
+    assert stage2_views(LiftedMeta("s", 4, (8, 6))) == [0, 1, 2, 3]  # older: every view
 
 
 def test_stage2_trains_on_the_views_stage1_recorded(lifted):
-    from training.finetuning.data import LiftedStore, find_lifted
+    from training.fit3d.finetune.data import LiftedStore, find_lifted
 
     records = find_lifted(lifted / "lifted")
     assert [r.scene_dir for r in records] == [(lifted / "scenes" / "scene_000").resolve()]
     store = LiftedStore(records, lazy=True)
-    assert store.metas[0]["training_views"] == [i for i in range(16) if i % 4]
-    assert store.training_views() == [store.metas[0]["training_views"]]
+    assert store.metas[0].training_views == [i for i in range(16) if i % 4]
+    assert store.training_views() == [store.metas[0].training_views]
 
 
 def test_scenes_override_finds_moved_data(lifted, tmp_path):
     import shutil
 
-    from training.finetuning.data import find_lifted, load_lifted_scene
+    from training.fit3d.finetune.data import find_lifted, load_lifted_scene
 
     moved = tmp_path / "elsewhere"
     shutil.copytree(lifted / "scenes", moved)
@@ -144,7 +148,7 @@ def test_scenes_override_finds_moved_data(lifted, tmp_path):
 
 def _run(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "training.finetune", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "training.fit3d.finetune", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -180,14 +184,14 @@ def test_missing_lifted_scenes_and_memory_check(lifted, tmp_path, monkeypatch):
         find_lifted(tmp_path)
     pairs = find_lifted(lifted / "lifted")
     assert check_memory(pairs) > 0
-    monkeypatch.setattr("training.finetuning.data.available_memory", lambda: 1024)
+    monkeypatch.setattr("training.fit3d.finetune.data.available_memory", lambda: 1024)
     with pytest.raises(LiftedDataError, match="pass --lazy"):
         check_memory(pairs)
 
 
 def test_nan_loss_stops_with_the_last_checkpoint_kept(lifted, tmp_path, monkeypatch, capsys):
-    import training.finetuning.trainer as trainer
-    from training.finetune import main
+    import training.fit3d.finetune.trainer as trainer
+    from training.fit3d.finetune.cli import main
 
     real = trainer.masked_l1
     calls = []

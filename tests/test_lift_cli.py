@@ -1,4 +1,5 @@
-"""`python -m training.lift`: resumes after a kill, isolates failing scenes, checks arguments."""
+"""`python -m training.fit3d.lift`: resumes after a kill, isolates failing scenes, checks
+arguments."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import pytest
 
 from fit3d_hub import FiT3D
 from scenes.synthetic import generate
-from training.lifting.io import OUTPUT_NAME, read_meta
+from training.fit3d.lift.record import OUTPUT_NAME, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lift(*args: str) -> list[str]:
-    return [sys.executable, "-m", "training.lift", *args]
+    return [sys.executable, "-m", "training.fit3d.lift", *args]
 
 
 def _env() -> dict:
@@ -63,9 +64,9 @@ def test_killed_run_resumes_without_redoing_finished_scenes(tmp_path, teacher_di
     assert "scene_000: already lifted" in again.stdout
     assert first.read_bytes() == finished
     meta = read_meta(second)
-    assert meta["iterations"] == 120 and meta["backend"] == "torch"
-    assert meta["camera_convention"].startswith("opencv")
-    assert meta["teacher_dim"] == 32 and meta["feature_dim"] == 64
+    assert meta.iterations == 120 and meta.backend == "torch"
+    assert meta.camera_convention.startswith("opencv")
+    assert meta.teacher_dim == 32 and meta.feature_dim == 64
 
 
 def test_failing_scene_is_reported_and_the_others_go_on(tmp_path, teacher_dir):
@@ -88,7 +89,7 @@ def test_failing_scene_is_reported_and_the_others_go_on(tmp_path, teacher_dir):
     (["--backend", "gsplat"], "--backend gsplat needs CUDA"),
 ])
 def test_bad_arguments(tmp_path, teacher_dir, capsys, args, message):
-    from training.lift import main
+    from training.fit3d.lift.cli import main
 
     generate(tmp_path / "scenes", scenes=1, views=3, size=16, seed=0)
     argv = ["--scenes", str(tmp_path / "scenes"), "--backbone", str(teacher_dir), "--output",

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from fit3d_hub import FiT3D
 from fit3d_hub.backbone import create_vit
+from fit3d_hub.render.strategy import OpacityResetStrategy, reset_is_due
+from fit3d_hub.weights import save_state_dict
 from scenes.load import load_scene
 from scenes.synthetic import generate
 from scenes.views import load_views
-from training.lifting.gaussians import GEOMETRY, SHORT_RUN_RATES, FeatureGaussians
-from training.lifting.io import is_finished, load_lifted, save_lifted
-from training.lifting.losses import ssim
-from training.lifting.strategy import OpacityResetStrategy, reset_is_due
-from training.lifting.teacher import compute_teacher_features, upsample_teacher
-from training.lifting.trainer import (
+from training.fit3d.lift.config import SHORT_RUN_RATES
+from training.fit3d.lift.gaussians import GEOMETRY, FeatureGaussians
+from training.fit3d.lift.losses import ssim
+from training.fit3d.lift.record import (
+    META_KEY,
+    LiftedMeta,
+    LiftedSceneError,
+    is_finished,
+    load_lifted,
+    read_meta,
+    save_lifted,
+)
+from training.fit3d.lift.teacher import compute_teacher_features, upsample_teacher
+from training.fit3d.lift.trainer import (
     LiftConfig,
     SceneViews,
     evaluate,
@@ -92,15 +105,18 @@ def test_feature_loss_puts_exactly_zero_gradient_on_geometry(scene, views):
     assert g.decoder.weight.grad is None
 
 
-def test_teacher_cache_runs_the_backbone_once_per_view(scene, teacher, monkeypatch):
+def test_teacher_cache_runs_the_backbone_once_per_view(scene, teacher):
     calls = []
-    original_forward = teacher.original.forward_features
+    # a backbone run embeds its patches once, whichever timm path reads its blocks
+    hook = teacher.original.patch_embed.register_forward_hook(
+        lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        _check_teacher_cache(scene, teacher, calls)
+    finally:
+        hook.remove()
 
-    def counting(x):
-        calls.append(x.shape[0])
-        return original_forward(x)
 
-    monkeypatch.setattr(teacher.original, "forward_features", counting)
+def _check_teacher_cache(scene, teacher, calls: list[int]) -> None:
     images = load_views(scene)
     feats = compute_teacher_features(teacher, images.images,
                                      batch_size=3)
@@ -147,15 +163,51 @@ def test_held_out_view_features_beat_a_constant_mean(lifted, scene, views):
 
 def test_lifted_file_round_trip(lifted, tmp_path):
     _, result, _ = lifted
-    path = save_lifted(tmp_path / "s" / "feature_gaussians.safetensors", result.gaussians,
-                       {"backbone": "tiny", "feature_dim": 64})
+    meta = LiftedMeta("s", 16, (64, 48), backbone="tiny", feature_dim=64,
+                      extra={"from_the_future": {"k": 1}})
+    path = save_lifted(tmp_path / "s" / "feature_gaussians.safetensors", result.gaussians, meta)
     assert is_finished(path)
-    loaded, meta = load_lifted(path)
-    assert meta["backbone"] == "tiny" and meta["format_version"] == 1
+    loaded, read = load_lifted(path)
+    assert read == meta and read.format_version == 1  # unknown keys survive the round trip
     for key, value in result.gaussians.state_tensors().items():
         torch.testing.assert_close(loaded.state_tensors()[key], value)
     path.write_bytes(path.read_bytes()[:1000])
     assert not is_finished(path)
+
+
+def test_a_lifted_file_written_before_the_typed_record_still_loads(lifted, tmp_path):
+    """The metadata as the untyped writer put it ({"format_version": 1, **dict}), with and
+    without the fields older files lack; a newer format or a bad field is one line."""
+    _, result, _ = lifted
+    old = {"scene": "scene_000", "scene_path": "/data/scene_000", "backbone": "tiny",
+           "feature_dim": 64, "teacher_dim": 32, "patch_size": 8, "iterations": 120,
+           "backend": "torch", "camera_convention": "opencv world-to-camera (gsplat viewmats)",
+           "image_size": [64, 48], "downscale": 2, "sh_degree": 3, "views": 16,
+           "training_views": [1, 2, 3], "splits": ["train"] * 16, "metrics": {"psnr": 20.5},
+           "config": {"iterations": 120}, "versions": {"torch": "2.4.0"}}
+    path = tmp_path / "old" / "feature_gaussians.safetensors"
+
+    def write(meta: dict) -> None:
+        save_state_dict(result.gaussians.state_tensors(), path,
+                        metadata={META_KEY: json.dumps({"format_version": 1, **meta})})
+
+    write(old)
+    meta = read_meta(path)
+    assert (meta.scene, meta.views, meta.image_size, meta.downscale) == \
+        ("scene_000", 16, (64, 48), 2.0)
+    assert meta.training_views == [1, 2, 3] and meta.metrics == {"psnr": 20.5}
+    assert meta.to_json() == {"format_version": 1, **old, "downscale": 2.0}
+    oldest = {k: old[k] for k in ("scene", "views", "image_size")}
+    write(oldest)
+    meta = read_meta(path)
+    assert meta.scene_path is None and meta.training_views is None and meta.downscale == 1.0
+    assert meta.all_splits == ["train"] * 16
+    for bad, message in (({**old, "format_version": 2}, "lifted-file format 2"),
+                         ({**old, "image_size": [64]}, "'image_size' must be [width, height]"),
+                         ({**old, "views": "16"}, "'views' must be a int")):
+        write(bad)
+        with pytest.raises(LiftedSceneError, match=re.escape(message)):
+            read_meta(path)
 
 
 def test_opacity_reset_runs_on_schedule():
@@ -189,7 +241,7 @@ def test_a_gsplat_that_resets_itself_is_not_reset_twice(monkeypatch):
     import gsplat.strategy.default as default
     from gsplat.strategy.ops import reset_opa
 
-    import training.lifting.strategy as strategy_module
+    import fit3d_hub.render.strategy as strategy_module
 
     assert strategy_module.gsplat_resets_opacity() is False  # gsplat 1.5.3, as pinned
     calls = []

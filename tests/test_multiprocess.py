@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 
 def test_lift_shards_scenes_over_processes(setup):
-    proc = _torchrun("training.lift", "--scenes", "scenes", "--backbone", "model",
+    proc = _torchrun("training.fit3d.lift", "--scenes", "scenes", "--backbone", "model",
                      "--output", "lifted", "--iterations", "10", "--max-points", "200",
                      cwd=setup)
     assert proc.returncode == 0, proc.stderr[-3000:]

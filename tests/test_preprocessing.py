@@ -19,11 +19,11 @@ from fit3d_hub.transforms import (
 from scenes.io import load_image
 from scenes.load import load_scene
 from scenes.synthetic import generate
-from training.finetuning.data import LiftedRecord, load_lifted_scene
-from training.finetuning.targets import make_sample
-from training.lifting.gaussians import FeatureGaussians
-from training.lifting.io import output_path, read_meta, save_lifted
-from training.lifting.teacher import compute_teacher_features, teacher_inputs
+from training.fit3d.finetune.data import LiftedRecord, load_lifted_scene
+from training.fit3d.finetune.targets import make_sample
+from training.fit3d.lift.gaussians import FeatureGaussians
+from training.fit3d.lift.record import LiftedMeta, output_path, read_meta, save_lifted
+from training.fit3d.lift.teacher import compute_teacher_features, teacher_inputs
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -62,7 +62,7 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path, downscale
     teacher.forward_features = recording
     cam = scene.frames[0].camera.scaled(downscale)
     size = (cam.width, cam.height)
-    # what training.lift feeds the teacher: the images at the downscaled size
+    # what training.fit3d.lift feeds the teacher: the images at the downscaled size
     images = [load_image(f.image_path, size) for f in scene.frames]
     compute_teacher_features(teacher, torch.from_numpy(np.stack(images)))
     teacher_input = torch.cat(seen)
@@ -70,8 +70,8 @@ def test_stage2_input_is_the_one_path_and_the_teachers_input(tmp_path, downscale
     gaussians = FeatureGaussians.initialise(scene, feature_dim=8, teacher_dim=16, sh_degree=0,
                                             max_points=300)
     save_lifted(output_path(tmp_path / "lifted", scene.name), gaussians,
-                {"views": len(scene.frames), "image_size": [cam.width, cam.height],
-                 "downscale": downscale})
+                LiftedMeta(scene.name, len(scene.frames), (cam.width, cam.height),
+                           downscale=downscale))
     lifted = load_lifted_scene(LiftedRecord(output_path(tmp_path / "lifted", scene.name),
                                             read_meta(output_path(tmp_path / "lifted",
                                                                   scene.name)), scene_dir))

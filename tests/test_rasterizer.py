@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.lifting.rasterize import backend, gsplat_available
-from training.lifting.sh import eval_sh
-from training.lifting.torch_rasterizer import (
+from fit3d_hub.render.backends import backend, gsplat_available
+from fit3d_hub.render.sh import eval_sh
+from fit3d_hub.render.torch_rasterizer import (
     UNSUPPORTED,
     project,
     quat_to_rotmat,
@@ -329,7 +329,7 @@ def test_matches_gsplats_pytorch_reference(gsplat_reference):
 def test_long_lists_walked_in_segments_give_the_same_render(monkeypatch):
     """Segments of 16 list entries (carrying transmittance, leaving a block once all its
     pixels stopped) render and differentiate exactly like whole lists in one piece."""
-    import training.lifting.torch_rasterizer as tr
+    import fit3d_hub.render.torch_rasterizer as tr
 
     means, quats, scales, opac, colors, viewmats, Ks = _scene(n=120, seed=7)
     # and 40 wide, nearly opaque Gaussians behind them that cover the whole image: every
@@ -352,7 +352,7 @@ def test_long_lists_walked_in_segments_give_the_same_render(monkeypatch):
         return out, alpha, [t.grad for t in inputs]
 
     whole = run()
-    import training.lifting.compositing as compositing
+    import fit3d_hub.render.compositing as compositing
 
     # one tile, 16 list entries per segment
     monkeypatch.setattr(tr, "SLOTS", 16 * compositing.TILE * compositing.TILE)
@@ -371,7 +371,7 @@ def test_long_lists_walked_in_segments_give_the_same_render(monkeypatch):
     torch.testing.assert_close(pieces[1], whole[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(pieces[2], whole[2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    from training.lifting.compositing import intersect_tiles, reach
+    from fit3d_hub.render.compositing import intersect_tiles, reach
 
     proj = project(means, quats, scales, viewmats, Ks, 32, 24)
     lists = intersect_tiles(proj["means2d"], reach(proj["cov_diag"], opac[None], proj["radii"]),
@@ -384,7 +384,7 @@ def test_tile_falloff_min_is_the_minimum_over_the_tile():
     """The ellipse test that drops tiles from a Gaussian's list: its minimum of the
     quadratic form over a tile's pixel-centre rectangle is below every sampled point of the
     rectangle and reached by one of them (a fine grid), wherever the mean sits."""
-    from training.lifting.compositing import TILE, tile_falloff_min
+    from fit3d_hub.render.compositing import TILE, tile_falloff_min
 
     g = torch.Generator().manual_seed(3)
     k = 200
@@ -425,3 +425,11 @@ def test_bad_input_is_one_clear_error_and_empty_views_render_nothing():
     with pytest.raises(MemoryError, match=r"needs ~.* GiB .* over the 0.00 GiB memory budget"):
         rasterization(means, quats, scales, opac, colors, viewmats, Ks, 16, 16,
                       memory_budget=1000)
+
+
+def test_quat_to_rotmat_is_gsplats_own():
+    """The PyTorch backend keeps its own quaternion conversion because the renderer ships in
+    the wheel without gsplat; where gsplat is installed the two agree to the bit."""
+    impl = pytest.importorskip("gsplat.cuda._torch_impl")
+    quats = torch.randn(1000, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(quat_to_rotmat(quats), impl._quat_to_rotmat(quats))

@@ -23,14 +23,15 @@ from safetensors.torch import load_file
 
 from eval.linear_probe import main as probe_main
 from fit3d_hub import FiT3D
-from fit3d_hub.checkpoint import STATE
+from fit3d_hub.checkpoint import STATE, Checkpointer
 from scenes.load import load_scene
 from scenes.synthetic import generate
 from scenes.views import load_views
-from training.finetune import main as finetune_main
-from training.lift import main as lift_main
-from training.lifting.io import OUTPUT_NAME
-from training.lifting.trainer import LiftConfig, SceneViews, lift_scene
+from training.fit3d.finetune.cli import main as finetune_main
+from training.fit3d.lift.cli import main as lift_main
+from training.fit3d.lift.config import LiftConfig
+from training.fit3d.lift.record import OUTPUT_NAME
+from training.fit3d.lift.trainer import SceneViews, lift_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,8 +102,7 @@ def _interrupted_probe(root: Path, out: Path, monkeypatch) -> Path:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(probe, "head_loss", failing)
-    with pytest.raises(KeyboardInterrupt):
-        probe_main(_probe_args(root, out))
+    assert probe_main(_probe_args(root, out)) == 130  # Ctrl-C: the one error path's status
     monkeypatch.setattr(probe, "head_loss", real)
     found = sorted(out.with_suffix(".checkpoints").glob("step_*"))
     assert [p.name for p in found] == ["step_00000004"]
@@ -113,12 +113,16 @@ LIFT_RESUMABLE = ("--iterations", "30", "--checkpoint-every", "10")
 
 
 def _interrupted_lift(root: Path, out: Path) -> Path:
-    """Stage 1 of scene_000 as ``training.lift`` with ``LIFT_RESUMABLE`` runs it, stopped at
+    """Stage 1 of scene_000 as ``training.fit3d.lift`` with ``LIFT_RESUMABLE`` runs it, stopped at
     step 20 of 30: its step-20 checkpoint is left."""
-    from training.lift import build_parser, config_from_args, run_settings
+    from fit3d_hub.commandline import command
+    from training.fit3d.lift.cli import DESCRIPTION, PROG
+    from training.fit3d.lift.config import LiftConfig, LiftRun
+    from training.fit3d.lift.run import scene_checkpoints
 
-    config = config_from_args(build_parser().parse_args(_lift_args(root, out,
-                                                                   *LIFT_RESUMABLE)))
+    run, config = command(PROG, DESCRIPTION, LiftRun, LiftConfig,
+                          argv=_lift_args(root, out, *LIFT_RESUMABLE))
+    config = config.scheduled()
     scene = load_scene(root / "scenes" / "scene_000")
     views = SceneViews.from_images(load_views(scene), torch.randn(6, 32, 1, 2).half(),
                                    torch.device("cpu"))
@@ -130,8 +134,9 @@ def _interrupted_lift(root: Path, out: Path) -> Path:
 
     with pytest.raises(KeyboardInterrupt):
         lift_scene(scene, views, config, backend="torch", device=torch.device("cpu"),
-                   on_step=stop, checkpoint=ckpt, checkpoint_every=10,
-                   settings=run_settings(str(root / "model"), "torch"))
+                   on_step=stop, checkpoint_every=10,
+                   checkpoints=scene_checkpoints(out, "scene_000", config, run.backbone,
+                                                 "torch"))
     found = sorted(ckpt.glob("step_*"))
     assert [p.name for p in found] == ["step_00000020"]  # older ones pruned
     return found[0]
@@ -259,11 +264,13 @@ def test_stage1_continues_inside_a_scene_like_an_uninterrupted_run(work, tmp_pat
             raise KeyboardInterrupt
 
     ckpt = tmp_path / "checkpoints"
+    saves = Checkpointer(ckpt, config.to_json())
     with pytest.raises(KeyboardInterrupt):
-        lift_scene(scene, views, config, on_step=stop, checkpoint=ckpt, checkpoint_every=25,
+        lift_scene(scene, views, config, on_step=stop, checkpoints=saves, checkpoint_every=25,
                    **kwargs)
     assert [p.name for p in ckpt.glob("step_*")] == ["step_00000025"]
-    resumed = lift_scene(scene, views, config, checkpoint=ckpt, checkpoint_every=25, **kwargs)
+    resumed = lift_scene(scene, views, config, checkpoints=saves, checkpoint_every=25,
+                         **kwargs)
     assert straight.metrics["opacity_resets"] == resumed.metrics["opacity_resets"] == 1
     assert straight.gaussians.num_gaussians == resumed.gaussians.num_gaussians
     assert straight.gaussians.num_gaussians != 200  # densification did run
@@ -330,10 +337,10 @@ def test_full_disk_keeps_the_old_output_and_is_one_line(work, tmp_path, kind):
         out = tmp_path / "ft"
         out.mkdir()
         target = out / "model.safetensors"
-        cmd = _module("training.finetune", *_finetune_args(work, out, "--save-every", "0"))
+        cmd = _module("training.fit3d.finetune", *_finetune_args(work, out, "--save-every", "0"))
     elif kind == "lift":
         target = tmp_path / "lifted" / "scene_000" / OUTPUT_NAME
-        cmd = _module("training.lift", *_lift_args(work, tmp_path / "lifted", "--iterations",
+        cmd = _module("training.fit3d.lift", *_lift_args(work, tmp_path / "lifted", "--iterations",
                                                    "10", "--scenes",
                                                    str(work / "scenes" / "scene_000")))
     else:

@@ -1,17 +1,21 @@
-"""The source tree's shape: imports run one way and no module imports itself in a circle."""
+"""The source tree's shape: imports run one way, no method imports another, no module imports
+itself in a circle, and the package reaches the checkout only through the methods registry."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
+from fit3d_hub.methods import METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"fit3d_hub": 0, "scenes": 1, "training": 2, "eval": 2}
-DEMO = "training.demo"
-"""The demo sits above training and eval: it runs both."""
-# `fit3d-hub demo` is the package's one door into the source checkout (fit3d_hub.checkout
-# finds it first); nothing else in the package reaches up.
-ALLOWED_UPWARD = {("fit3d_hub.cli", "training.demo")}
+LAYERS = {"fit3d_hub": 0, "scenes": 1, "training": 2, "eval": 2, "demo": 3}
+SHARED = "training.common"
+"""The parts every method's training uses; a method folder imports it and nothing of another
+method."""
 
 
 def _modules() -> dict[str, Path]:
@@ -41,20 +45,57 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def test_imports_run_one_way_package_scenes_training_eval():
+def _method_of(module: str) -> str | None:
+    """``training.<method>`` for a module of a method's folder (None for shared parts)."""
+    parts = module.split(".")
+    if parts[0] != "training" or len(parts) < 2 or f"training.{parts[1]}" == SHARED:
+        return None
+    return parts[1] if parts[1] != "__main__" else None
+
+
+def test_imports_run_one_way_package_scenes_training_eval_demo():
     modules = _modules()
     wrong = []
     for name, path in modules.items():
-        if name == DEMO:
-            continue
         layer = LAYERS[name.split(".")[0]]
         for target in _imports(path, modules):
             top = target.split(".")[0]
-            upward = target == DEMO or LAYERS[top] > layer \
-                or (LAYERS[top] == layer and top != name.split(".")[0])
-            if upward and (name, target) not in ALLOWED_UPWARD:
+            upward = LAYERS[top] > layer or (LAYERS[top] == layer
+                                              and top != name.split(".")[0])
+            if upward:
                 wrong.append(f"{name} -> {target}")
     assert not wrong, wrong
+
+
+def test_no_method_imports_another():
+    modules = _modules()
+    wrong = [f"{name} -> {target}" for name, path in modules.items()
+             for target in _imports(path, modules)
+             if _method_of(name) and _method_of(target)
+             and _method_of(name) != _method_of(target)]
+    assert not wrong, wrong
+
+
+def test_the_registry_names_existing_code_in_the_right_places():
+    """fit3d_hub reaches training/ and demo/ only by the dotted paths in the methods
+    registry (after finding the checkout); each names a module that exists where it should."""
+    for spec in METHODS.values():
+        assert spec.demo.startswith("demo."), spec.demo
+        demo = importlib.import_module(spec.demo)
+        assert callable(demo.run) and callable(demo.quick)
+        fields = demo.Settings.__dataclass_fields__
+        assert {"backbone", "seed"} <= set(fields)
+        for module in spec.train:
+            assert module.startswith(f"training.{spec.name}"), module
+            assert (ROOT / module.replace(".", "/") / "__main__.py").is_file(), module
+        for target in spec.configs:
+            module, _, cls = target.partition(":")
+            assert module.startswith(f"training.{spec.name}.")
+            assert hasattr(importlib.import_module(module), cls), target
+        if spec.converter:
+            module, _, func = spec.converter.partition(":")
+            assert module.startswith("fit3d_hub.")
+            assert callable(getattr(importlib.import_module(module), func))
 
 
 def test_no_import_cycles():
@@ -80,3 +121,31 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def _loaded_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\n"
+                          "print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return set(out.split())
+
+
+def test_import_fit3d_hub_is_light():
+    """``import fit3d_hub`` brings neither transformers nor accelerate (nor torch: names load
+    on first use), and the preprocessing path needs no hub code."""
+    loaded = _loaded_after("import fit3d_hub")
+    assert not {"transformers", "accelerate", "torch", "timm"} & loaded
+    loaded = _loaded_after("from fit3d_hub.transforms import preprocess_images")
+    assert not {"huggingface_hub", "timm", "transformers", "accelerate"} & loaded
+    assert "torch" in loaded
+
+
+def test_the_wheel_lists_every_package_of_fit3d_hub():
+    """pyproject names the wheel's packages one by one: a new subpackage must be added."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "fit3d_hub").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fit3d_hub.model import patch_tokens_nchw
+from fit3d_hub.model import block_features
 
 TARGET_SIZE = 640
 FEATURE_STRIDE = 8
@@ -41,4 +41,4 @@ class EquivarianceNet(nn.Module):
         self.refine = refine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.refine(patch_tokens_nchw(self.vit, x)[0])
+        return self.refine(block_features(self.vit, x)[0])

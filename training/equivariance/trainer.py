@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,61 +16,15 @@ from torch import nn
 from fit3d_hub.sampling import sample_features
 from fit3d_hub.transforms import preprocess_images
 from scenes.types import SceneError
-from training.checkpoints import (
-    TrainState,
-    check_finite,
-    resume_latest,
-    save_checkpoint,
-    save_final,
-    stop_on_nonfinite_loss,
-)
+from training.common.loop import BackboneRun
 from training.equivariance.augment import Augmented, augment_view
-from training.equivariance.loss import (
-    NEGATIVE_DISTANCE,
-    POSITIVE_DISTANCE,
-    TEMPERATURE,
-    smooth_ap_loss,
-)
-from training.equivariance.network import FEATURE_STRIDE, TARGET_SIZE, network_input_size
-from training.equivariance.pairs import (
-    MAX_ROTATION,
-    POINTS_PER_VIEW,
-    TrainingScene,
-    point_distances,
-    sample_points,
-)
+from training.equivariance.config import EquivarianceConfig
+from training.equivariance.loss import smooth_ap_loss
+from training.equivariance.network import network_input_size
+from training.equivariance.pairs import TrainingScene, point_distances, sample_points
 
 MAX_DRAWS = 100
 """Pairs drawn in a row without a positive correspondence before the data is called bad."""
-
-
-@dataclass
-class EquivarianceConfig:
-    """Settings; the defaults are the authors' (3DCorrEnhance ``finetune.py``)."""
-
-    steps: int = 10_000
-    """Optimizer steps (their 100 epochs x 100 samples)."""
-    lr: float = 1e-5
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    rank: int = 4
-    lora_blocks: int = 4
-    target_size: int = TARGET_SIZE
-    feature_stride: int = FEATURE_STRIDE
-    points: int = POINTS_PER_VIEW
-    max_rotation: float = MAX_ROTATION
-    positive: float = POSITIVE_DISTANCE
-    negative: float = NEGATIVE_DISTANCE
-    temperature: float = TEMPERATURE
-    augment: bool = True
-    holdout_every: int = 0
-    """Also keep every k-th view out of training (test frames always are)."""
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    seed: int = 42
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 MAY_CHANGE = ("steps", "save_every", "keep_checkpoints")
@@ -154,10 +108,12 @@ def train(accelerator, net: nn.Module, scenes: list[TrainingScene], config: Equi
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(net, optimizer)
-    state = TrainState()
+    run = BackboneRun.create(accelerator, model, optimizer, directory=checkpoint_dir,
+                             settings=settings, may_change=MAY_CHANGE,
+                             keep=config.keep_checkpoints, save_every=config.save_every)
+    state = run.state
     if resume:
-        resume_latest(accelerator, checkpoint_dir, model, optimizer, state, settings,
-                      MAY_CHANGE)
+        run.resume()
     device = accelerator.device
     model.train()
     start, done, last_loss = time.perf_counter(), 0, math.nan
@@ -166,8 +122,8 @@ def train(accelerator, net: nn.Module, scenes: list[TrainingScene], config: Equi
         sample = draw_pair(scenes, config, rng, mean=mean, std=std, patch=patch)
         maps = model(sample.images.to(device))
         loss = pair_loss(maps, sample, config)
-        stop_on_nonfinite_loss(accelerator, loss, state.step + 1, checkpoint_dir,
-                               f" (scene {sample.scene}, views {' and '.join(sample.views)})")
+        run.stop_on_nonfinite_loss(
+            loss, f" (scene {sample.scene}, views {' and '.join(sample.views)})")
         accelerator.backward(loss)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(trainable, config.grad_clip)
@@ -181,12 +137,7 @@ def train(accelerator, net: nn.Module, scenes: list[TrainingScene], config: Equi
             on_step({"step": state.step, "loss": last_loss,
                      "pairs_per_s": done * accelerator.num_processes
                      / (time.perf_counter() - start)})
-        if config.save_every > 0 and state.step % config.save_every == 0:
-            save_checkpoint(accelerator, checkpoint_dir, model, optimizer, state, settings,
-                            config.keep_checkpoints)
-    if config.save_every > 0:
-        save_final(accelerator, checkpoint_dir, model, optimizer, state, settings,
-                   config.keep_checkpoints)
-    check_finite(accelerator, model, state, checkpoint_dir)
+        run.step_done()
+    run.finish()
     return {"steps": state.step, "final_loss": last_loss,
             "seconds": time.perf_counter() - start}

@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from fit3d_hub.render.sh import num_sh_bases, rgb_to_sh0
 from scenes.types import Scene
-from training.lifting.sh import num_sh_bases, rgb_to_sh0
+from training.fit3d.lift.config import LearningRates
 
 GEOMETRY = ("means", "quats", "scales", "opacities")
 APPEARANCE = ("sh0", "shN")
-
-
-@dataclass
-class LearningRates:
-    """The authors' learning rates: 3DGS's for the geometry and colour (means decay
-    exponentially to ``means_final``, both x scene scale), and 3DGS's colour rate / 40 for
-    the per-Gaussian features and the decoder; every Adam has eps 1e-15."""
-
-    means: float = 1.6e-4
-    means_final: float = 1.6e-6
-    scales: float = 5e-3
-    quats: float = 1e-3
-    opacities: float = 5e-2
-    sh0: float = 2.5e-3
-    shN: float = 2.5e-3 / 20
-    features: float = 2.5e-3 / 40
-    decoder: float = 2.5e-3 / 40
-
-
-SHORT_RUN_RATES = LearningRates(features=2.5e-3, decoder=1e-3)
-"""Feature and decoder rates for runs of a few hundred iterations (the demo, the tests): the
-authors' rates are tuned for 30,000 and barely move the features in 300
-(``benchmarks/lift_settings.py`` measures both at equal iterations)."""
 
 
 def scene_scale(scene: Scene) -> float:

@@ -2,58 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from fit3d_hub.model import patch_tokens_nchw
+from fit3d_hub.errors import TrainingStopped
+from fit3d_hub.model import block_features
 from fit3d_hub.transforms import FiT3DTransform
-from training.checkpoints import (
-    TrainingStopped,
-    TrainState,
-    check_finite,
-    resume_latest,
-    save_checkpoint,
-    save_final,
-    stop_on_nonfinite_loss,
-)
-from training.finetuning.data import LiftedStore
-from training.finetuning.targets import make_sample, masked_l1
+from training.common.loop import BackboneRun
+from training.fit3d.finetune.config import FinetuneConfig
+from training.fit3d.finetune.data import LiftedStore
+from training.fit3d.finetune.targets import make_sample, masked_l1
 
 FinetuneError = TrainingStopped
 """Stage 2 cannot go on (NaN loss); the last good checkpoint is kept."""
-
-
-@dataclass
-class FinetuneConfig:
-    """Stage 2 settings; defaults are the paper's (and the authors' code)."""
-
-    epochs: int = 1
-    batch_size: int = 2
-    lr: float = 1e-5
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.1
-    grad_accum: int = 1
-    hflip: bool = True
-    lr_drop: tuple[int, ...] = (1,)
-    """Epochs after which the lr is multiplied by 0.1 (the authors' MultiStepLR, milestone 1:
-    it only matters for runs longer than the paper's one epoch)."""
-    coverage_mask: bool = False
-    """Also leave out tokens the Gaussians do not cover (ours; the authors weight by the
-    scene mask only)."""
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    seed: int = 0
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class PatchFeatures(nn.Module):
@@ -65,7 +31,7 @@ class PatchFeatures(nn.Module):
         self.vit = vit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return patch_tokens_nchw(self.vit, x)[0]
+        return block_features(self.vit, x)[0]
 
 
 MAY_CHANGE = ("epochs", "save_every", "keep_checkpoints")
@@ -110,9 +76,11 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = TrainState()
-    if resume and resume_latest(accelerator, checkpoint_dir, model, optimizer, state,
-                                settings, MAY_CHANGE):
+    run = BackboneRun.create(accelerator, model, optimizer, directory=checkpoint_dir,
+                             settings=settings, may_change=MAY_CHANGE,
+                             keep=config.keep_checkpoints, save_every=config.save_every)
+    state = run.state
+    if resume and run.resume():
         # Accelerate decides when gradients sync from its own micro-step counter.
         accelerator.step = state.micro
     per_micro = config.batch_size * accelerator.num_processes
@@ -124,7 +92,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
     total_micro = micro_per_epoch * config.epochs
     device = accelerator.device
     model.train()
-    start, seen, last_loss = time.perf_counter(), 0, math.nan
+    start, seen, last_loss = time.perf_counter(), 0, float("nan")
     while state.micro < total_micro:
         epoch, index = divmod(state.micro, micro_per_epoch)
         order = epoch_order(train_views, epoch, config.seed)
@@ -144,7 +112,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
         with accelerator.accumulate(model):
             pred = model(images)
             loss = masked_l1(pred.float(), targets, masks)
-            stop_on_nonfinite_loss(accelerator, loss, state.step + 1, checkpoint_dir)
+            run.stop_on_nonfinite_loss(loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -158,27 +126,7 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
             if on_step is not None:
                 on_step({"step": state.step, "loss": last_loss,
                          "samples_per_s": seen / (time.perf_counter() - start)})
-            if config.save_every > 0 and state.step % config.save_every == 0:
-                save_checkpoint(accelerator, checkpoint_dir, model, optimizer, state, settings,
-                                config.keep_checkpoints)
-    if config.save_every > 0:
-        save_final(accelerator, checkpoint_dir, model, optimizer, state, settings,
-                   config.keep_checkpoints)
-    check_finite(accelerator, model, state, checkpoint_dir)
+            run.step_done()
+    run.finish()
     return {"steps": state.step, "micro_batches": state.micro, "final_loss": last_loss,
             "seconds": time.perf_counter() - start}
-
-
-def provenance(config: FinetuneConfig, store: LiftedStore, summary: dict, backbone: str,
-               mixed_precision: str) -> dict:
-    """The ``fit3d.training`` block of the exported config.json."""
-    return {"method": "FiT3D Stage 2 (fit3d-hub training.finetune)", "backbone": backbone,
-            "scenes": store.names, "views": int(sum(store.views)),
-            "steps": summary["steps"], "hyperparameters": config.to_json(),
-            "mixed_precision": mixed_precision, "final_loss": summary["final_loss"]}
-
-
-def write_summary(path: Path, data: dict) -> None:
-    from fit3d_hub.atomic import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

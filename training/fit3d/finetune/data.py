@@ -11,15 +11,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fit3d_hub.errors import FiT3DError
 from scenes.holdout import training_views, without_test_frames
 from scenes.load import load_scene
 from scenes.types import SceneError
 from scenes.views import SceneImages, load_views
-from training.lifting.gaussians import FeatureGaussians
-from training.lifting.io import OUTPUT_NAME, LiftedSceneError, load_lifted, read_meta
+from training.fit3d.lift.gaussians import FeatureGaussians
+from training.fit3d.lift.record import (
+    OUTPUT_NAME,
+    LiftedMeta,
+    LiftedSceneError,
+    load_lifted,
+    read_meta,
+)
 
 
-class LiftedDataError(ValueError):
+class LiftedDataError(FiT3DError, ValueError):
     """Stage 2 input that cannot be used (no lifted scenes, not enough memory, ...)."""
 
 
@@ -28,12 +35,12 @@ class LiftedRecord:
     """One finished Stage 1 scene: its lifted file, its metadata and its scene folder."""
 
     path: Path
-    meta: dict
+    meta: LiftedMeta
     scene_dir: Path
 
     @property
     def name(self) -> str:
-        return self.meta.get("scene") or self.path.parent.name
+        return self.meta.scene
 
 
 @dataclass
@@ -42,7 +49,7 @@ class LiftedScene:
 
     name: str
     gaussians: FeatureGaussians
-    meta: dict
+    meta: LiftedMeta
     views: SceneImages
 
     @property
@@ -51,12 +58,12 @@ class LiftedScene:
         return self.views.size
 
 
-def stage2_views(meta: dict) -> list[int]:
+def stage2_views(meta: LiftedMeta) -> list[int]:
     """The views Stage 1 trained on (its record) that are not test frames: the authors'
     Stage 2 only has camera records for ``frames``. A lifted file older than the record
     trains on every view."""
-    splits = meta.get("splits") or ["train"] * meta["views"]
-    views = meta.get("training_views") or training_views(splits)
+    splits = meta.all_splits
+    views = meta.training_views or training_views(splits)
     return without_test_frames(views, splits)
 
 
@@ -89,13 +96,13 @@ def find_lifted(lifted_dir: Path, scenes: list[Path] | None = None) -> list[Lift
         except LiftedSceneError as err:
             unreadable.append(str(err))
             continue
-        name = meta.get("scene") or path.parent.name
+        name = meta.scene
         if override is not None:
             if name not in override:
                 continue
             scene_dir = override[name]
-        elif meta.get("scene_path"):
-            scene_dir = Path(meta["scene_path"])
+        elif meta.scene_path:
+            scene_dir = Path(meta.scene_path)
         else:
             raise LiftedDataError(f"{path}: records no scene_path (an older Stage 1 file); "
                                   "pass --scenes")
@@ -106,7 +113,7 @@ def find_lifted(lifted_dir: Path, scenes: list[Path] | None = None) -> list[Lift
     if not records:
         what = f"for any of the {len(scenes)} --scenes" if scenes is not None else ""
         raise LiftedDataError(f"{lifted_dir}: no finished Stage 1 scene {what}".rstrip()
-                              + "; run training.lift first")
+                              + "; run training.fit3d.lift first")
     if override is not None and len(records) < len(override):
         missing = sorted(set(override) - {r.name for r in records})
         print(f"note: {len(missing)} scene(s) without Stage 1 output are left out: "
@@ -118,8 +125,8 @@ def estimate_bytes(records: list[LiftedRecord]) -> int:
     """Memory the preloaded scenes take: the lifted tensors plus uint8 images and masks."""
     total = 0
     for record in records:
-        width, height = record.meta["image_size"]
-        total += record.path.stat().st_size + record.meta["views"] * width * height * 4
+        width, height = record.meta.image_size
+        total += record.path.stat().st_size + record.meta.views * width * height * 4
     return total
 
 
@@ -141,12 +148,13 @@ def load_lifted_scene(record: LiftedRecord) -> LiftedScene:
     except SceneError as err:
         raise LiftedDataError(f"{record.path}: its scene {record.scene_dir} cannot be read "
                               f"({err}); pass --scenes if it moved") from None
-    if len(scene.frames) != meta["views"]:
-        raise LiftedDataError(f"{record.path}: lifted from {meta['views']} views but "
-                              f"{record.scene_dir} has {len(scene.frames)}; re-run training.lift")
+    if len(scene.frames) != meta.views:
+        raise LiftedDataError(f"{record.path}: lifted from {meta.views} views but "
+                              f"{record.scene_dir} has {len(scene.frames)}; re-run "
+                              "training.fit3d.lift")
     gaussians.requires_grad_(False)
     return LiftedScene(scene.name, gaussians, meta,
-                       load_views(scene, float(meta.get("downscale", 1.0))))
+                       load_views(scene, meta.downscale))
 
 
 class LiftedStore:
@@ -157,7 +165,7 @@ class LiftedStore:
         self.lazy = lazy
         self.names = [r.name for r in records]
         self.metas = [r.meta for r in records]
-        self.views = [m["views"] for m in self.metas]
+        self.views = [m.views for m in self.metas]
         self._cache: dict[int, LiftedScene] = {}
         if not lazy:
             for i in range(len(records)):

@@ -3,60 +3,67 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from fit3d_hub.checkpoint import restore_numpy_rng, tensors_finite
+from fit3d_hub.checkpoint import (
+    Checkpointer,
+    DataclassState,
+    DictState,
+    NumpyRNGState,
+    OptimizerState,
+    TorchRNGState,
+    tensors_finite,
+)
+from fit3d_hub.errors import TrainingStopped
+from fit3d_hub.render.backends import NEAR_PLANE, backend
+from fit3d_hub.render.strategy import OpacityResetStrategy
 from scenes.holdout import training_views
 from scenes.types import Scene
 from scenes.views import SceneImages
-from training.lifting import resume
-from training.lifting.gaussians import FeatureGaussians, LearningRates, scene_scale
-from training.lifting.losses import feature_loss, fill_masked, psnr, rgb_loss
-from training.lifting.rasterize import NEAR_PLANE, backend
-from training.lifting.strategy import OpacityResetStrategy
-from training.lifting.teacher import upsample_teacher
+from training.common.loop import stop_on_nonfinite_loss
+from training.fit3d.lift.config import LiftConfig
+from training.fit3d.lift.gaussians import FeatureGaussians, scene_scale
+from training.fit3d.lift.losses import feature_loss, fill_masked, psnr, rgb_loss
+from training.fit3d.lift.teacher import upsample_teacher
 
 LOG_EVERY = 10  # steps between progress records (each costs a device sync and a PSNR)
 HISTORY_EVERY = 50  # a multiple of LOG_EVERY
 
 
-class LiftError(RuntimeError):
+class LiftError(TrainingStopped):
     """A scene that cannot be lifted (NaN loss, degenerate data); the run goes on without it."""
 
 
 @dataclass
-class LiftConfig:
-    """Stage 1 settings; defaults are 3DGS's and the paper's."""
+class LoopState:
+    """The loop's own progress (what is not a tensor of the model or the optimizers)."""
 
-    iterations: int = 30_000
-    feature_dim: int = 64
-    sh_degree: int = 3
-    sh_degree_interval: int = 1000
-    ssim_weight: float = 0.2
-    feature_weight: float = 1.0
-    downscale: float = 1.0
-    max_points: int | None = None
-    """Initial Gaussians from at most this many scene points (None: all, as the authors)."""
-    random_points: int = 20_000
-    seed: int = 0
-    lr: LearningRates = field(default_factory=LearningRates)
-    refine_start_iter: int = 500
-    refine_stop_iter: int = 15_000
-    refine_every: int = 100
-    reset_every: int = 3000
-    grow_grad2d: float = 0.0002
-    holdout_every: int = 0
-    """Every k-th view is held out of training (0: train on all)."""
-    hold_out_test_frames: bool = False
-    """Keep ScanNet++'s test_frames out of training (the authors train on them)."""
+    step: int = 0  # the next step to run
+    queue: list[int] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0
+    resets_done: int = 0
 
-    def to_json(self) -> dict:
-        return asdict(self)
+
+class GaussiansState:
+    """The Gaussians and decoder as a checkpoint part; loading builds new ones (their count
+    changes with densification), on ``device``."""
+
+    finite = True
+
+    def __init__(self, gaussians: FeatureGaussians | None, device: torch.device):
+        self.gaussians, self.device = gaussians, device
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return self.gaussians.state_tensors(), None
+
+    def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        self.gaussians = FeatureGaussians.from_state_tensors(dict(tensors)).to(self.device)
 
 
 @dataclass
@@ -123,29 +130,43 @@ def scene_training_views(scene: Scene, config: LiftConfig) -> list[int]:
 
 def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: str,
                device: torch.device, on_step: Callable[[int, dict], None] | None = None,
-               checkpoint: Path | None = None, checkpoint_every: int = 0,
-               settings: dict | None = None) -> LiftResult:
+               checkpoints: Checkpointer | None = None, checkpoint_every: int = 0
+               ) -> LiftResult:
     """Optimise the scene's feature Gaussians for ``config.iterations`` steps.
 
     ``on_step(step, record)`` is called every ``LOG_EVERY`` steps and after the last one.
-    With ``checkpoint`` (a folder) the loop saves its whole state there every
-    ``checkpoint_every`` steps and, if a checkpoint is there already, continues from it;
-    ``settings`` (``config`` and what else the run was started with) must match the saved
-    ones (:class:`~fit3d_hub.checkpoint.SettingsChangedError` otherwise).
+    With ``checkpoints`` the loop saves its whole state every ``checkpoint_every`` steps and,
+    if a checkpoint is there already, continues from it (its settings must match:
+    :class:`~fit3d_hub.errors.SettingsChangedError` otherwise). Raises :class:`LiftError`
+    when the scene cannot be lifted.
     """
+    try:
+        return _lift(scene, views, config, backend=backend, device=device, on_step=on_step,
+                     checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+    except TrainingStopped as err:
+        if isinstance(err, LiftError):
+            raise
+        raise LiftError(f"{scene.root}: {err}") from None
+
+
+def _lift(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: str,
+          device: torch.device, on_step: Callable[[int, dict], None] | None,
+          checkpoints: Checkpointer | None, checkpoint_every: int) -> LiftResult:
     torch.manual_seed(config.seed)
     extent = scene_scale(scene)
-    settings = {**config.to_json(), **(settings or {})}
     strategy = OpacityResetStrategy(
         refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter,
         refine_every=config.refine_every, reset_every=config.reset_every,
         grow_grad2d=config.grow_grad2d)
     rng = np.random.default_rng(config.seed)
-    if checkpoint is not None and resume.has_checkpoint(checkpoint):
-        gaussians, optimizers, decoder_opt, state, loop, rng_state = resume.restore_scene(
-            checkpoint, settings, device, lambda g: g.optimizers(config.lr, extent))
-        restore_numpy_rng(rng, rng_state)
-        strategy.resets_done = loop.resets_done
+    loop = LoopState()
+    saved = checkpoints.open() if checkpoints is not None else None
+    held = GaussiansState(None, device)
+    if saved is not None:
+        saved.load("gaussians", held)
+        gaussians = held.gaussians
+        optimizers, decoder_opt = gaussians.optimizers(config.lr, extent)
+        state: dict[str, Any] = {}
     else:
         gaussians = FeatureGaussians.initialise(
             scene, feature_dim=config.feature_dim, teacher_dim=views.teacher.shape[1],
@@ -153,14 +174,24 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
             random_points=config.random_points, seed=config.seed).to(device)
         optimizers, decoder_opt = gaussians.optimizers(config.lr, extent)
         state = strategy.initialize_state(scene_scale=extent)
-        loop = resume.LoopState()
+    held.gaussians = gaussians
+    parts = {"gaussians": held,
+             **{f"optimizer.{name}": OptimizerState(opt)
+                for name, opt in {**optimizers, "decoder": decoder_opt}.items()},
+             "strategy": DictState(state, device), "rng": TorchRNGState(),
+             "numpy_rng": NumpyRNGState(rng), "loop": DataclassState(loop)}
+    if saved is not None:
+        for name, part in parts.items():
+            if name != "gaussians":
+                saved.load(name, part)
+        strategy.resets_done = loop.resets_done
     strategy.check_sanity(gaussians.splats, optimizers)
     decay = (config.lr.means_final / config.lr.means) ** (1.0 / max(config.iterations, 1))
     order = scene_training_views(scene, config)
     start = time.perf_counter() - loop.elapsed
     for step in range(loop.step, config.iterations):
         if not loop.queue:
-            loop.queue = list(rng.permutation(order))
+            loop.queue = [int(v) for v in rng.permutation(order)]
         index = int(loop.queue.pop())
         # the authors raise the degree at their 1-based iteration k * interval
         degree = min((step + 1) // config.sh_degree_interval, config.sh_degree)
@@ -168,10 +199,9 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
         strategy.step_pre_backward(gaussians.splats, optimizers, state, step, out["info"])
         l_rgb, l_feat = step_losses(out, views, index, config)
         loss = l_rgb + config.feature_weight * l_feat
-        if not torch.isfinite(loss):
-            rgb, feat = float(l_rgb.detach()), float(l_feat.detach())
-            raise LiftError(f"{scene.root}: loss became {float(loss.detach())} at step {step} "
-                            f"(rgb {rgb:.4g}, feature {feat:.4g})")
+        stop_on_nonfinite_loss(
+            loss, step, where=lambda rgb=l_rgb, feat=l_feat:
+            f" (rgb {float(rgb.detach()):.4g}, feature {float(feat.detach()):.4g})")
         loss.backward()
         # densify, prune and reset before the optimiser step, as the authors' loop does
         # (tensors the strategy replaces skip this step's update)
@@ -192,14 +222,11 @@ def lift_scene(scene: Scene, views: SceneViews, config: LiftConfig, *, backend: 
                 loop.history.append(record)
             if on_step is not None:
                 on_step(step, record)
-        if checkpoint is not None and checkpoint_every > 0 and not last \
+        if checkpoints is not None and checkpoint_every > 0 and not last \
                 and (step + 1) % checkpoint_every == 0:
             loop.step, loop.elapsed = step + 1, time.perf_counter() - start
             loop.resets_done = strategy.resets_done
-            if not resume.save_scene(checkpoint, gaussians, optimizers, decoder_opt, state, rng,
-                                     loop, settings):
-                raise LiftError(f"{scene.root}: the Gaussians became non-finite by step {step}; "
-                                "not saved")
+            checkpoints.save(step + 1, parts)
     elapsed = time.perf_counter() - start
     if not tensors_finite(gaussians.state_tensors().values()):
         raise LiftError(f"{scene.root}: the Gaussians became non-finite by the last step; "

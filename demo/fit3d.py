@@ -1,4 +1,5 @@
-"""The whole FiT3D pipeline on embedded synthetic scenes, offline, on CPU (``fit3d-hub demo``).
+"""The whole FiT3D pipeline on embedded synthetic scenes, offline, on CPU
+(``fit3d-hub demo --method fit3d``, the default).
 
 Synthetic scenes -> Stage 1 lifting -> Stage 2 fine-tuning -> ``load_fit3d`` -> pictures
 and a table of multi-view consistency before and after, on views held out of both stages.
@@ -6,7 +7,6 @@ and a table of multi-view consistency before and after, on views held out of bot
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 from collections.abc import Callable
@@ -17,30 +17,29 @@ import numpy as np
 import torch
 from PIL import Image
 
+from demo.common import backbone_or_demo
 from eval.consistency import consistency
 from fit3d_hub import FiT3D, get_transform, load_fit3d
 from fit3d_hub.atomic import save_image_atomic
-from fit3d_hub.backbone import create_vit
+from fit3d_hub.errors import TrainingStopped
 from fit3d_hub.pca import pca_rgb, side_by_side
 from scenes.correspondence import correspondences
 from scenes.holdout import training_views
 from scenes.io import load_depth, load_rgb
 from scenes.load import load_scene
 from scenes.synthetic import generate
-from training.finetune import run_finetune
-from training.finetuning.data import find_lifted, load_lifted_scene
-from training.finetuning.targets import render_target
-from training.finetuning.trainer import FinetuneConfig
-from training.lift import lift_scenes, schedule_for
-from training.lifting.gaussians import SHORT_RUN_RATES
-from training.lifting.trainer import LiftConfig
-
-DEMO_BACKBONE = ("vit_small_patch8_224", {"embed_dim": 48, "depth": 2, "num_heads": 3,
-                                          "img_size": 64})
+from training.fit3d.finetune.config import FinetuneConfig
+from training.fit3d.finetune.data import find_lifted, load_lifted_scene
+from training.fit3d.finetune.run import run_finetune
+from training.fit3d.finetune.targets import render_target
+from training.fit3d.lift.config import SHORT_RUN_RATES, LiftConfig
+from training.fit3d.lift.run import lift_scenes
 
 
 @dataclass
-class DemoSettings:
+class Settings:
+    """The FiT3D demo: one synthetic scene, every 4th view held out of both stages."""
+
     scenes: int = 1
     views: int = 16
     size: int = 64
@@ -56,15 +55,9 @@ class DemoSettings:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def demo_backbone(seed: int) -> FiT3D:
-    """A tiny patch-8 ViT with random weights and no position embedding, so its features
-    describe what a patch shows rather than where it sits in the frame."""
-    torch.manual_seed(seed)
-    arch, args = DEMO_BACKBONE
-    vit = create_vit(arch, args)
-    with torch.no_grad():
-        vit.pos_embed.zero_()
-    return FiT3D(vit, copy.deepcopy(vit), mode="original")
+def quick(settings: Settings) -> Settings:
+    """Fewer iterations (``--quick``: a smoke test)."""
+    return replace(settings, lift_iterations=120, epochs=6)
 
 
 def held_out_pairs(views: int, holdout_every: int) -> list[tuple[int, int]]:
@@ -126,34 +119,29 @@ def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[
     return written
 
 
-def run_demo(output: str | Path, settings: DemoSettings | None = None,
-             log: Callable[[str], None] = print) -> dict:
+def run(output: str | Path, settings: Settings | None = None,
+        log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``output``; returns the consistency figures and stage times."""
-    s = settings or DemoSettings()
+    s = settings or Settings()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     times = s.timings
     t = time.perf_counter()
     scene_dirs = generate(output / "scenes", scenes=s.scenes, views=s.views, size=s.size,
                           seed=s.seed)
-    backbone = s.backbone
-    if backbone is None:
-        backbone = str(output / "backbone")
-        demo_backbone(s.seed).save_pretrained(backbone, include_base=True)
+    backbone = backbone_or_demo(s.backbone, output, s.seed)
     times["data"] = time.perf_counter() - t
     log(f"[1/4] {len(scene_dirs)} synthetic scene(s), {s.views} views at {s.size} px "
         f"({times['data']:.1f} s)")
 
     t = time.perf_counter()
-    lift_config = replace(
-        LiftConfig(iterations=s.lift_iterations, max_points=s.points, seed=s.seed,
-                   holdout_every=s.holdout_every, lr=SHORT_RUN_RATES),
-        **schedule_for(s.lift_iterations))
+    lift_config = LiftConfig(iterations=s.lift_iterations, max_points=s.points, seed=s.seed,
+                             holdout_every=s.holdout_every, lr=SHORT_RUN_RATES).scheduled()
     summary = lift_scenes(output / "scenes", backbone, output / "lifted", lift_config,
                           backend="torch", progress=False, log=lambda _: None)
     times["lift"] = time.perf_counter() - t
     if summary["failed"]:
-        raise RuntimeError(f"Stage 1 failed for {', '.join(summary['failed'])}")
+        raise TrainingStopped(f"Stage 1 failed for {', '.join(summary['failed'])}")
     log(f"[2/4] Stage 1: lifted features into 3D Gaussians ({times['lift']:.1f} s)")
 
     t = time.perf_counter()
@@ -182,76 +170,4 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None,
     log("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     log("pictures: " + ", ".join(str(p) for p in pictures))
     return {"consistency": result, "times": dict(times), "pictures": [str(p) for p in pictures],
-            "model": str(output / "model")}
-
-
-@dataclass
-class EquivarianceDemoSettings:
-    """The equivariance demo: train on some synthetic scenes, evaluate on others."""
-
-    train_scenes: int = 2
-    test_scenes: int = 2
-    views: int = 12
-    size: int = 64
-    steps: int = 300
-    lr: float = 1e-3
-    """Short-run rate (the authors' 1e-5 moves a random tiny ViT too little in 300 steps)."""
-    target_size: int = 64
-    pairs: int = 20
-    seed: int = 0
-    backbone: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def run_equivariance_demo(output: str | Path, settings: EquivarianceDemoSettings | None = None,
-                          log: Callable[[str], None] = print) -> dict:
-    """Synthetic scenes -> equivariance fine-tuning -> ``load_fit3d`` -> APE / PCDP of
-    nearest-neighbour matching on scenes the training never saw; returns the summary."""
-    from eval.correspondence import markdown_table, run_scene_task, scene_tasks, summarise
-    from training.equivariance.__main__ import run_equivariance
-    from training.equivariance.trainer import EquivarianceConfig
-
-    s = settings or EquivarianceDemoSettings()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    times = s.timings
-    t = time.perf_counter()
-    train_dirs = generate(output / "scenes" / "train", scenes=s.train_scenes, views=s.views,
-                          size=s.size, seed=s.seed)
-    test_dirs = generate(output / "scenes" / "test", scenes=s.test_scenes, views=s.views,
-                         size=s.size, seed=s.seed + 100)
-    backbone = s.backbone
-    if backbone is None:
-        backbone = str(output / "backbone")
-        demo_backbone(s.seed).save_pretrained(backbone, include_base=True)
-    times["data"] = time.perf_counter() - t
-    log(f"[1/3] {len(train_dirs)} training and {len(test_dirs)} test scene(s), {s.views} views "
-        f"at {s.size} px ({times['data']:.1f} s)")
-
-    t = time.perf_counter()
-    # the architecture only (no weights read): LoRA goes on at most as many blocks as it has
-    blocks = len(load_fit3d(backbone, mode="original", pretrained=False).original.blocks)
-    config = EquivarianceConfig(steps=s.steps, lr=s.lr, lora_blocks=min(4, blocks),
-                                target_size=s.target_size, save_every=0, seed=s.seed)
-    run_equivariance(output / "scenes" / "train", backbone, output / "model", config,
-                     progress=False, log=lambda _: None)
-    times["finetune"] = time.perf_counter() - t
-    log(f"[2/3] fine-tuned LoRA + refine conv on 3D correspondences, {s.steps} steps "
-        f"({times['finetune']:.1f} s)")
-
-    t = time.perf_counter()
-    model = load_fit3d(output / "model")
-    tasks = scene_tasks(test_dirs, s.pairs, 120.0, s.seed)
-    results = [r for r in (run_scene_task(model, task, 1000, s.seed) for task in tasks)
-               if r is not None]
-    summary = summarise(results)
-    times["evaluate"] = time.perf_counter() - t
-    log(f"[3/3] loaded {output / 'model'} with load_fit3d, matched {summary['pairs']} view "
-        f"pairs of unseen scenes ({times['evaluate']:.1f} s)")
-    log("")
-    log("3D correspondence on unseen scenes (APE: mean pixel error, % of the short side, "
-        "lower is better; PCDP: % of points within the threshold, higher is better)")
-    log(markdown_table(summary))
-    log("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
-    return {"correspondence": summary["overall"], "times": dict(times),
             "model": str(output / "model")}

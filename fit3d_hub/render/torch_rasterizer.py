@@ -5,7 +5,7 @@ world-to-camera ``viewmats``, pixel centres at ``+0.5``, a 2D covariance blur ``
 (0.3), screen radii of 3.33 sigma per axis, alpha clamped at 0.999, contributions below
 1/255 skipped, front-to-back compositing by camera-space depth (equal depths in index
 order) that stops before the transmittance would fall to 1e-4. Projection is autograd;
-compositing (:mod:`training.lifting.compositing`) works on screen tiles as gsplat's
+compositing (:mod:`fit3d_hub.render.compositing`) works on screen tiles as gsplat's
 kernels do and has its own backward, so memory stays bounded.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.lifting.compositing import (
+from fit3d_hub.render.compositing import (
     SLOTS,
     TILE,
     Composite,
@@ -23,7 +23,7 @@ from training.lifting.compositing import (
     intersect_tiles,
     reach,
 )
-from training.lifting.sh import eval_sh
+from fit3d_hub.render.sh import eval_sh
 
 RADIUS_SIGMAS = 3.33
 MEMORY_BUDGET = 4 << 30

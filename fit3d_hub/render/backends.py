@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from training.lifting import torch_rasterizer
+from fit3d_hub.errors import UsageError
+from fit3d_hub.render import torch_rasterizer
 
 BACKENDS = ("auto", "gsplat", "torch")
 NEAR_PLANE = 0.2
@@ -39,11 +40,11 @@ def gsplat_available() -> bool:
 def resolve_backend(name: str) -> str:
     """``auto`` -> ``gsplat`` when CUDA and gsplat are there, else ``torch``."""
     if name not in BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}; got {name!r}")
     if name == "auto":
         return "gsplat" if gsplat_available() else "torch"
     if name == "gsplat" and not gsplat_available():
-        raise ValueError("--backend gsplat needs CUDA and the gsplat package "
+        raise UsageError("--backend gsplat needs CUDA and the gsplat package "
                          "(pip install -e '.[train]'); use --backend torch on CPU")
     return name
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fit3d_hub.render.backends import NEAR_PLANE, backend
 from fit3d_hub.transforms import FiT3DTransform, resize_images
-from training.finetuning.data import LiftedScene
-from training.lifting.rasterize import NEAR_PLANE, backend
+from training.fit3d.finetune.data import LiftedScene
 
 
 @dataclass

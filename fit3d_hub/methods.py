@@ -1,0 +1,145 @@
+"""The methods registry: plain data, one entry per 3D-aware method.
+
+Each entry says what the method is (its paper and the model card's paragraph), how it is
+trained (the ``python -m`` modules of the source checkout and their config dataclasses), its
+demo (``fit3d-hub demo --method NAME``) and what it adds to the repo format. The command
+line, the model cards, the repo format's ``fit3d.method`` check and the docs read this
+table; adding a method is one entry here plus the method's own folders (``training/NAME/``
+and ``demo/NAME.py``). Code of the source checkout is named by dotted path, not imported:
+the wheel ships ``fit3d_hub`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fit3d_hub.errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    venue: str
+    authors: str
+    url: str
+    code: str
+    bibtex: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One 3D-aware method."""
+
+    name: str
+    """The ``fit3d.method`` value of its repos and the ``--method`` of the demo."""
+    title: str
+    """Short display name (cards, pictures, tables)."""
+    summary: str
+    """One line for ``fit3d-hub methods``."""
+    card_text: str
+    """The model card's "Method" paragraph."""
+    paper: Paper
+    train: tuple[str, ...]
+    """Modules run with ``accelerate launch -m`` (or ``python -m``), in order."""
+    configs: tuple[str, ...]
+    """``module:Class`` of the config dataclass of each training module."""
+    demo: str
+    """Module of the demo: ``Settings`` (dataclass with ``backbone`` and ``seed``),
+    ``quick(settings)`` and ``run(output, settings)``."""
+    repo_extras: tuple[str, ...] = ()
+    """What the method's repos hold beyond the repo format's ViT pair (``"refine"``: a
+    conv applied to the fine-tuned branch, ``fit3d.refine`` in config.json)."""
+    converter: str | None = None
+    """``module:function`` of the package that turns the authors' released checkpoint into
+    a repo (``fit3d-hub convert --method NAME``), if they released one."""
+
+
+FIT3D_PAPER = Paper(
+    title="Improving 2D Feature Representations by 3D-Aware Fine-Tuning",
+    venue="ECCV 2024",
+    authors="Yuanwen Yue, Anurag Das, Francis Engelmann, Siyu Tang, Jan Eric Lenssen",
+    url="https://arxiv.org/abs/2407.20229",
+    code="https://github.com/ywyue/FiT3D",
+    bibtex="@inproceedings{yue2024improving,\n"
+           "  title     = {{Improving 2D Feature Representations by 3D-Aware Fine-Tuning}},\n"
+           "  author    = {Yue, Yuanwen and Das, Anurag and Engelmann, Francis and Tang, Siyu "
+           "and Lenssen, Jan Eric},\n"
+           "  booktitle = {European Conference on Computer Vision (ECCV)},\n"
+           "  year      = {2024}\n}",
+)
+
+EQUIVARIANCE_PAPER = Paper(
+    title="Multiview Equivariance Improves 3D Correspondence Understanding with Minimal "
+          "Feature Finetuning",
+    venue="ICLR 2025",
+    authors="Yang You, Yixin Li, Congyue Deng, Yue Wang, Leonidas Guibas",
+    url="https://openreview.net/forum?id=CNO4rbSV6v",
+    code="https://github.com/qq456cvb/3DCorrEnhance",
+    bibtex="@inproceedings{you2025multiview,\n"
+           "  title     = {Multiview Equivariance Improves 3D Correspondence Understanding "
+           "with Minimal Feature Finetuning},\n"
+           "  author    = {You, Yang and Li, Yixin and Deng, Congyue and Wang, Yue and "
+           "Guibas, Leonidas},\n"
+           "  booktitle = {International Conference on Learning Representations (ICLR)},\n"
+           "  year      = {2025}\n}",
+)
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            name="fit3d",
+            title="FiT3D",
+            summary="per-scene 3D feature Gaussians (Stage 1), then the whole ViT fine-tuned "
+                    "on their renders (Stage 2)",
+            card_text="FiT3D lifts the backbone's 2D features into 3D feature Gaussians "
+                      "fitted per scene (geometry\nfrom RGB only, features from the backbone), "
+                      "renders multi-view-consistent features back, and\nfine-tunes the "
+                      "backbone on those renders for one epoch. Concatenating original and "
+                      "fine-tuned\nfeatures keeps the original's generality and adds the 3D "
+                      "awareness.",
+            paper=FIT3D_PAPER,
+            train=("training.fit3d.lift", "training.fit3d.finetune"),
+            configs=("training.fit3d.lift.config:LiftConfig",
+                     "training.fit3d.finetune.config:FinetuneConfig"),
+            demo="demo.fit3d",
+            converter="fit3d_hub.convert:convert_checkpoint",
+        ),
+        MethodSpec(
+            name="equivariance",
+            title="multiview-equivariance fine-tuning",
+            summary="q/v LoRA (merged) and a 3x3 refine conv trained on 3D correspondences",
+            card_text="Multiview-equivariance fine-tuning trains rank-4 LoRA on the query and "
+                      "value projections of\nthe last four blocks and a 3x3 refine convolution "
+                      "on the final patch features, on pairs of\nviews with known 3D points: "
+                      "features of the same 3D point must match (a smooth\naverage-precision "
+                      "loss with positive and negative 3D distance thresholds). The LoRA is "
+                      "merged\ninto `model.safetensors`; the refine convolution "
+                      "(`refine.safetensors`, described in\n`config.json`'s `fit3d.refine`) is "
+                      "applied to the fine-tuned branch by fit3d-hub.",
+            paper=EQUIVARIANCE_PAPER,
+            train=("training.equivariance",),
+            configs=("training.equivariance.config:EquivarianceConfig",),
+            demo="demo.equivariance",
+            repo_extras=("refine",),
+            converter="fit3d_hub.convert:convert_equivariance_checkpoint",
+        ),
+    )
+}
+"""Every method this fit3d-hub knows, by ``fit3d.method`` name."""
+
+DEFAULT_METHOD = "fit3d"
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered method names, in registry order."""
+    return tuple(METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The entry of ``name``; an unknown name is one line listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown method {name!r}: this fit3d-hub knows "
+                                f"{', '.join(METHODS)}") from None

@@ -1,0 +1,53 @@
+"""The end of every backbone-training run: the trained ViT (and any module the method adds)
+written as a repo in the project's format, with its provenance and a run summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fit3d_hub import FiT3D
+from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.methods import get_method
+
+SUMMARY_NAME = "training_summary.json"
+
+
+def provenance(command: str, *, method: str, backbone: str, scenes: list[str], views: int,
+               summary: dict, hyperparameters: dict, mixed_precision: str) -> dict[str, Any]:
+    """The ``fit3d.training`` block of the exported config.json: who trained the weights
+    (``command``), on what, with which settings."""
+    spec = get_method(method)
+    record: dict[str, Any] = {"method": f"{spec.title} (fit3d-hub {command})"}
+    if method != "fit3d":
+        record["paper"] = f"{spec.paper.authors.split(',')[0].split()[-1]} et al., " \
+                          f"{spec.paper.venue}"
+    record.update(backbone=backbone, scenes=scenes, views=views, steps=summary["steps"],
+                  hyperparameters=hyperparameters, mixed_precision=mixed_precision,
+                  final_loss=summary["final_loss"])
+    return record
+
+
+def write_summary(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def export_repo(output: Path, teacher: FiT3D, finetuned: nn.Module, *, method: str,
+                training: dict, summary: dict, refine: nn.Module | None = None,
+                log: Callable[[str], None] = print) -> FiT3D:
+    """Write ``output`` as a repo: ``teacher``'s original branch beside ``finetuned`` (and
+    ``refine``), ``fit3d.method``/``fit3d.training`` recorded, plus ``training_summary.json``
+    (``summary`` with the run's config and scenes). Call on the main process only."""
+    model = FiT3D(teacher.original, finetuned.eval().float(),
+                  refine=refine.eval().float() if refine is not None else None)
+    model.fit3d_block = replace(teacher.fit3d_block, method=method, training=training)
+    model.save_pretrained(output)
+    write_summary(output / SUMMARY_NAME, summary)
+    log(f"wrote {output} ({summary['steps']} steps, final loss "
+        f"{summary['final_loss']:.4f}); load it with fit3d_hub.load_fit3d({str(output)!r})")
+    return model

@@ -1,0 +1,5 @@
+import sys
+
+from training.fit3d.finetune.cli import main
+
+sys.exit(main())

@@ -1,1 +1,0 @@
-"""Stage 1 pieces: feature Gaussians, rasterizers, losses, densification, teacher cache."""
