@@ -286,6 +286,26 @@ def test_ssim_of_identical_images_is_one_and_drops_with_noise():
     assert ssim(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)).mean() < 0.8
 
 
+def test_ssim_is_3dgs_window_summed_pixel_by_pixel():
+    """At corners, edges and inside: the 11x11 Gaussian (sigma 1.5) weighted moments with
+    zero padding, summed in float64 by hand, as 3DGS's 2D-window convolution defines them."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(1, 2, 20, 17, generator=gen), torch.rand(1, 2, 20, 17, generator=gen)
+    got = ssim(x, y)
+    g = torch.exp(-((torch.arange(11.0, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    window = torch.outer(g / g.sum(), g / g.sum())
+    pad = [torch.nn.functional.pad(t.double(), (5, 5, 5, 5)) for t in (x, y)]
+    for c, i, j in ((0, 0, 0), (1, 19, 16), (0, 3, 16), (1, 10, 8), (0, 19, 0)):
+        a, b = (t[0, c, i:i + 11, j:j + 11] for t in pad)
+        mx, my = (window * a).sum(), (window * b).sum()
+        sxx = (window * a * a).sum() - mx**2
+        syy = (window * b * b).sum() - my**2
+        sxy = (window * a * b).sum() - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        want = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+        assert abs(float(got[0, c, i, j]) - float(want)) < 1e-5, (c, i, j)
+
+
 def test_random_init_without_points_fills_the_frusta(scene):
     bare = type(scene)(scene.name, scene.root, scene.frames, None, None)
     g = FeatureGaussians.initialise(bare, feature_dim=8, teacher_dim=4, sh_degree=0,

@@ -6,23 +6,31 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
+def gaussian_kernel(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """The normalised 1D Gaussian whose outer product with itself is 3DGS's SSIM window."""
     coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel SSIM map (N, C, H, W) of images in [0, 1] (Gaussian window, as 3DGS)."""
+    """Per-pixel SSIM map (N, C, H, W) of images in [0, 1]: 3DGS's ``loss_utils.ssim`` (an
+    11x11 Gaussian window, sigma 1.5, zero-padded "same" convolution).
+
+    The window is applied as two 1D passes over the five moments stacked into one grouped
+    convolution: the same sums as the 2D window up to float rounding (<= 1e-5 per value),
+    4 to 20x faster on CPU at Stage 1's sizes (``benchmarks/ssim.py``).
+    """
     c = x.shape[1]
-    w = _gaussian_window(window, sigma, c, x)
+    g = gaussian_kernel(window, sigma, x)
     pad = window // 2
-    mu_x = F.conv2d(x, w, padding=pad, groups=c)
-    mu_y = F.conv2d(y, w, padding=pad, groups=c)
-    sxx = F.conv2d(x * x, w, padding=pad, groups=c) - mu_x**2
-    syy = F.conv2d(y * y, w, padding=pad, groups=c) - mu_y**2
-    sxy = F.conv2d(x * y, w, padding=pad, groups=c) - mu_x * mu_y
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    rows = g.view(1, 1, 1, window).expand(5 * c, 1, 1, window)
+    cols = g.view(1, 1, window, 1).expand(5 * c, 1, window, 1)
+    blurred = F.conv2d(F.conv2d(moments, rows, padding=(0, pad), groups=5 * c), cols,
+                       padding=(pad, 0), groups=5 * c)
+    mu_x, mu_y, exx, eyy, exy = blurred.split(c, dim=1)
+    sxx, syy, sxy = exx - mu_x**2, eyy - mu_y**2, exy - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
 
