@@ -30,7 +30,7 @@ from training.fit3d.finetune.data import find_lifted, load_lifted_scene  # noqa:
 from training.fit3d.finetune.targets import make_sample, masked_l1  # noqa: E402
 from training.fit3d.finetune.trainer import PatchFeatures  # noqa: E402
 from training.fit3d.lift.gaussians import FeatureGaussians  # noqa: E402
-from training.fit3d.lift.record import output_path, save_lifted  # noqa: E402
+from training.fit3d.lift.record import LiftedMeta, output_path, save_lifted  # noqa: E402
 
 PAPER_VIEWS = 140_451
 
@@ -60,8 +60,8 @@ def main() -> None:
                                         sh_degree=3, max_points=args.gaussians)
         cam = scene.frames[0].camera
         save_lifted(output_path(tmp, scene.name), g,
-                    {"scene": scene.name, "scene_path": str(scene_dir), "views":
-                     len(scene.frames), "image_size": [cam.width, cam.height], "downscale": 1.0})
+                    LiftedMeta(scene.name, len(scene.frames), (cam.width, cam.height),
+                               scene_path=str(scene_dir)))
         lifted = load_lifted_scene(find_lifted(Path(tmp))[0])
     model = PatchFeatures(vit)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)
