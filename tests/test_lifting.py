@@ -17,7 +17,7 @@ from scenes.load import load_scene
 from scenes.synthetic import generate
 from scenes.views import load_views
 from training.fit3d.lift.config import SHORT_RUN_RATES
-from training.fit3d.lift.gaussians import GEOMETRY, FeatureGaussians
+from training.fit3d.lift.gaussians import GEOMETRY, FeatureGaussians, knn_sq_distances
 from training.fit3d.lift.losses import ssim
 from training.fit3d.lift.record import (
     META_KEY,
@@ -278,6 +278,21 @@ def test_a_gsplat_that_resets_itself_is_not_reset_twice(monkeypatch):
         assert calls == [200] and strategy.resets_done == 1  # gsplat's reset, no repair
     finally:
         strategy_module.gsplat_resets_opacity.cache_clear()
+
+
+def test_grid_nearest_neighbours_equal_all_pairs():
+    """Above BRUTE_FORCE_POINTS the initial scales come from a grid search; on a plane, a
+    tight cluster, duplicates and far outliers it finds what all pairwise distances give."""
+    gen = torch.Generator().manual_seed(0)
+    plane = torch.cat([torch.rand(1500, 2, generator=gen) * 4, torch.zeros(1500, 1)], 1)
+    points = torch.cat([plane, torch.randn(400, 3, generator=gen) * 0.01 + 2,
+                        plane[:100], torch.rand(60, 3, generator=gen) * 50])
+    grid = knn_sq_distances(points, 3, budget=20_000)  # a small budget: many chunks
+    d2 = (points[:, None].double() - points[None].double()).square().sum(-1)
+    d2.fill_diagonal_(float("inf"))
+    torch.testing.assert_close(grid.double(), d2.topk(3, largest=False).values,
+                               rtol=1e-5, atol=1e-9)
+    assert (grid[1500 + 400:1500 + 500, 0] == 0).all()  # each duplicate's nearest: its twin
 
 
 def test_ssim_of_identical_images_is_one_and_drops_with_noise():

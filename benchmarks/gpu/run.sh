@@ -86,6 +86,7 @@ fi
 step gpu-tests 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
 for name in parity rasterizer stage1 stage2 equivariance inference; do
     limit=60
+    [[ $name == stage1 || $name == stage2 ]] && limit=90   # a 1M-point scene is made first
     [[ $name == inference ]] && limit=120   # two torch.compile builds
     step "$name" "$limit" "$PYTHON" benchmarks/gpu/measure.py "$name" --out "$out" $flag
 done

@@ -40,14 +40,100 @@ def random_points_in_frusta(scene: Scene, count: int, rng: np.random.Generator
     return out
 
 
+BRUTE_FORCE_POINTS = 20_000
+"""Up to this many points the k nearest neighbours come from all pairwise distances; above,
+from a grid (the pairwise way is quadratic: hours for a million points)."""
+
+
 def knn_scale(points: torch.Tensor, k: int = 3, chunk: int = 4096) -> torch.Tensor:
     """RMS distance to the ``k`` nearest neighbours (3DGS's initial Gaussian size)."""
-    out = torch.empty(len(points), dtype=points.dtype)
-    for start in range(0, len(points), chunk):
-        d = torch.cdist(points[start:start + chunk], points)
-        d2 = d.topk(min(k + 1, len(points)), largest=False).values[:, 1:] ** 2
-        out[start:start + chunk] = d2.mean(1).sqrt() if d2.numel() else 0.01
-    return out.clamp_min(1e-7)
+    if len(points) <= BRUTE_FORCE_POINTS:
+        out = torch.empty(len(points), dtype=points.dtype)
+        for start in range(0, len(points), chunk):
+            d = torch.cdist(points[start:start + chunk], points)
+            d2 = d.topk(min(k + 1, len(points)), largest=False).values[:, 1:] ** 2
+            out[start:start + chunk] = d2.mean(1).sqrt() if d2.numel() else 0.01
+        return out.clamp_min(1e-7)
+    return knn_sq_distances(points, k).mean(1).sqrt().clamp_min(1e-7)
+
+
+def knn_sq_distances(points: torch.Tensor, k: int, budget: int = 1 << 24) -> torch.Tensor:
+    """Squared distances ``(N, k)`` from each point to its ``k`` nearest other points, exact,
+    in about linear time: points are binned into a grid (cells holding a few points each);
+    each point's candidates are the points of its own and the 26 neighbouring cells, which
+    hold every point closer than one cell side; where the k-th candidate is farther than
+    that, the point is searched again on a grid of twice the side (at last among all
+    points). ``budget`` bounds the candidate distances held at once."""
+    n = len(points)
+    out = torch.full((n, k), float("inf"), dtype=points.dtype)
+    lo = points.min(0).values
+    extent = float((points.max(0).values - lo).max().clamp_min(1e-12))
+    side = extent / max(1.0, n ** (1 / 3))  # about one point per cell if they filled the box
+    for _ in range(20):  # surfaces fill few cells: shrink until occupied cells hold ~4
+        if n <= 4 * len(torch.unique(_cell_keys(points, lo, side)[0])):
+            break
+        side /= 2
+    todo = torch.arange(n)
+    while len(todo) and side < 2 * extent:
+        found, exact = _grid_knn(points, todo, k, side, lo, budget)
+        out[todo[exact]] = found[exact]
+        todo, side = todo[~exact], side * 2
+    for start in range(0, len(todo), 64):  # what no grid settled: against every point
+        rows = todo[start:start + 64]
+        d2 = torch.cdist(points[rows], points,
+                         compute_mode="donot_use_mm_for_euclid_dist").square()
+        d2[torch.arange(len(rows)), rows] = float("inf")
+        out[rows] = d2.topk(k, largest=False).values
+    return out
+
+
+def _cell_keys(points: torch.Tensor, lo: torch.Tensor, side: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's cell as one integer key, and the key strides of the three axes (cells
+    are shifted by one so that every neighbour of an occupied cell has a key)."""
+    cells = ((points - lo) / side).floor().long() + 1
+    dims = cells.max(0).values + 2
+    strides = torch.stack([dims[1] * dims[2], dims[2], torch.ones_like(dims[2])])
+    return (cells * strides).sum(1), strides
+
+
+def _grid_knn(points: torch.Tensor, queries: torch.Tensor, k: int, side: float,
+              lo: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k nearest squared distances of ``queries`` among the points of the 27 cells around
+    each, and whether each result is exact (its k-th within one cell side)."""
+    key, strides = _cell_keys(points, lo, side)
+    order = key.argsort()
+    sorted_key = key[order]
+    steps = torch.tensor([-1, 0, 1])
+    offsets = torch.cartesian_prod(steps, steps, steps) @ strides
+    wanted = key[queries][:, None] + offsets  # (Q, 27) neighbouring cells
+    first = torch.searchsorted(sorted_key, wanted)
+    lengths = torch.searchsorted(sorted_key, wanted, right=True) - first
+    count = lengths.sum(1)
+    result = torch.full((len(queries), k), float("inf"), dtype=points.dtype)
+    by_count = count.argsort()  # chunks of alike counts: a dense (rows, most) matrix each
+    i = 0
+    while i < len(by_count):
+        size = max(1, budget // max(1, int(count[by_count[i]])))
+        while size > 1 and size * int(count[by_count[min(i + size, len(by_count)) - 1]]) > budget:
+            size //= 2
+        rows = by_count[i:i + size]
+        i += size
+        lens, starts = lengths[rows].flatten(), first[rows].flatten()
+        owner = torch.arange(len(rows)).repeat_interleave(27).repeat_interleave(lens)
+        offset_in_range = torch.arange(int(lens.sum())) - (lens.cumsum(0) - lens) \
+            .repeat_interleave(lens)
+        candidate = order[starts.repeat_interleave(lens) + offset_in_range]
+        me = queries[rows][owner]
+        d2 = (points[candidate] - points[me]).square().sum(1)
+        d2[candidate == me] = float("inf")
+        per_row = count[rows]
+        column = torch.arange(len(owner)) - (per_row.cumsum(0) - per_row)[owner]
+        dense = torch.full((len(rows), max(k, int(per_row.max()))), float("inf"),
+                           dtype=points.dtype)
+        dense[owner, column] = d2
+        result[rows] = dense.topk(k, largest=False).values
+    return result, result[:, -1] <= side * side
 
 
 class FeatureGaussians(nn.Module):
