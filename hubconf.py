@@ -19,32 +19,32 @@ def _finetuned(name: str, **kwargs):
 
 def dinov2_small_fine(**kwargs):
     """FiT3D-fine-tuned DINOv2 ViT-S/14."""
-    return _finetuned("dinov2_small", **kwargs)
+    return _finetuned("dinov2_small.fit3d", **kwargs)
 
 
 def dinov2_base_fine(**kwargs):
     """FiT3D-fine-tuned DINOv2 ViT-B/14."""
-    return _finetuned("dinov2_base", **kwargs)
+    return _finetuned("dinov2_base.fit3d", **kwargs)
 
 
 def dinov2_reg_small_fine(**kwargs):
     """FiT3D-fine-tuned DINOv2 ViT-S/14 with 4 registers."""
-    return _finetuned("dinov2_reg_small", **kwargs)
+    return _finetuned("dinov2_reg_small.fit3d", **kwargs)
 
 
 def clip_base_fine(**kwargs):
     """FiT3D-fine-tuned CLIP ViT-B/16."""
-    return _finetuned("clip_base", **kwargs)
+    return _finetuned("clip_base.fit3d", **kwargs)
 
 
 def mae_base_fine(**kwargs):
     """FiT3D-fine-tuned MAE ViT-B/16."""
-    return _finetuned("mae_base", **kwargs)
+    return _finetuned("mae_base.fit3d", **kwargs)
 
 
 def deit3_base_fine(**kwargs):
     """FiT3D-fine-tuned DeiT III ViT-B/16."""
-    return _finetuned("deit3_base", **kwargs)
+    return _finetuned("deit3_base.fit3d", **kwargs)
 
 
 def fit3d(name: str = "dinov2_small", **kwargs):

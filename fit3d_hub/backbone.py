@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +49,19 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
 def load_vit(architecture: str, model_args: Mapping[str, Any] | None = None,
              pretrained_cfg: Mapping[str, Any] | None = None, weights: Path | None = None, *,
              drop_classifier: bool = False, mean: Sequence[float] | None = None,
-             std: Sequence[float] | None = None) -> nn.Module:
+             std: Sequence[float] | None = None,
+             convert: Callable[[Path, nn.Module], dict] | None = None) -> nn.Module:
     """The one way to build a backbone from weights: :func:`create_vit`, then ``weights``
     (safetensors, or a pickle read with ``weights_only=True``) loaded strictly.
 
     ``drop_classifier`` for timm hub checkpoints, which carry a classification head.
     ``mean``/``std`` go into timm's ``pretrained_cfg``, so its data config of the branch
-    names the statistics the weights expect.
+    names the statistics the weights expect. ``convert(weights, vit)`` reads a file in
+    another layout into ``vit``'s keys (:mod:`fit3d_hub.releases`).
     """
     vit = create_vit(architecture, model_args, pretrained_cfg)
     if weights is not None:
-        state = read_state_dict(weights)
+        state = convert(weights, vit) if convert is not None else read_state_dict(weights)
         if drop_classifier:
             state = drop_prefixes(state, classifier_prefixes(vit))
         load_strict(vit, state, str(weights))

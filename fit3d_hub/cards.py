@@ -13,7 +13,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from fit3d_hub.methods import get_method
-from fit3d_hub.registry import REGISTRY
+from fit3d_hub.registry import get_spec, is_registered
 from fit3d_hub.results import Result
 from fit3d_hub.schema import MODES, RepoConfig
 
@@ -56,12 +56,12 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     meta = card_metadata()
     fit3d = config.fit3d
     name = fit3d.name
-    spec = REGISTRY.get(name) if name else None
+    spec = get_spec(name) if name and is_registered(name) else None
     method = get_method(fit3d.method)
     paper = method.paper
     # The shipped paper figures are FiT3D's; they describe no other method's weights.
-    paper_rows = (meta["backbones"].get(name, {}).get("paper_results", [])
-                  if name and fit3d.method == "fit3d" else [])
+    paper_rows = (meta["backbones"].get(spec.base_name, {}).get("paper_results", [])
+                  if spec and fit3d.method == "fit3d" else [])
     measured = list(results or [])
     base_model = fit3d.base_model or (spec.base_model if spec else None)
     base = fit3d.base

@@ -31,20 +31,16 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 @dataclass
 class ListArgs:
-    """List the registry's backbones."""
+    """List the registry: every released 3D-aware backbone and every base to train from."""
 
-    pretrained: bool = option(False, help="only backbones with released fine-tuned weights")
+    pretrained: bool = option(False, help="only names with released 3D-aware weights")
+    method: str | None = option(None, choices=lambda: tuple(METHODS),
+                                help="only this method's releases")
 
     def __call__(self) -> int:
-        from fit3d_hub.registry import REGISTRY, list_models
+        from fit3d_hub.registry import list_models, registry_table
 
-        rows = [("name", "base model (timm)", "patch", "width", "fine-tuned weights", "license")]
-        for name in list_models(pretrained=self.pretrained):
-            s = REGISTRY[name]
-            weights = f"{s.finetuned_repo}:{s.finetuned_file}" if s.has_finetuned_weights else "-"
-            rows.append((name, s.base_model, str(s.patch_size), str(s.embed_dim), weights,
-                         s.license))
-        _table(rows)
+        _table(registry_table(list_models(pretrained=self.pretrained, method=self.method)))
         return 0
 
 
@@ -55,7 +51,8 @@ class MethodsArgs:
     def __call__(self) -> int:
         rows = [("method", "paper", "train (accelerate launch -m ...)", "repo adds", "about")]
         for spec in METHODS.values():
-            rows.append((spec.name, spec.paper.venue, " then ".join(spec.train),
+            rows.append((spec.name, spec.paper.venue, " then ".join(spec.train) or
+                         "- (releases load; no training here yet)",
                          ", ".join(spec.repo_extras) or "-", spec.summary))
         _table(rows)
         return 0
@@ -224,7 +221,8 @@ class DemoArgs:
     fine-tune LoRA and a refine conv on 3D correspondences (ICLR 2025) and report APE/PCDP on
     unseen scenes. `fit3d-hub methods` lists every method. Needs the source checkout."""
 
-    method: str = option(DEFAULT_METHOD, choices=lambda: tuple(METHODS),
+    method: str = option(DEFAULT_METHOD,
+                         choices=lambda: tuple(n for n, m in METHODS.items() if m.demo),
                          help="which 3D-aware method to run")
     output: str = option("fit3d-demo", help="folder to write")
     backbone: str | None = option(None, help="registry name, hub repo id or directory (none: a "

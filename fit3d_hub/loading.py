@@ -13,14 +13,13 @@ from fit3d_hub.errors import HubFileNotFoundError, RepoFormatError, UnknownModel
 from fit3d_hub.hub import HubFile, download_command, fetch
 from fit3d_hub.model import FiT3D
 from fit3d_hub.refine import load_refine, refine_conv
-from fit3d_hub.registry import BackboneSpec, get_spec, is_registered
+from fit3d_hub.registry import get_spec, is_registered, registry_config, releases_of
+from fit3d_hub.releases import equivariance_repo, read_dinov2_state_dict
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
     CONFIG_NAME,
     MODES,
     WEIGHTS_NAME,
-    BaseRef,
-    Fit3DBlock,
     RepoConfig,
     read_config,
 )
@@ -39,6 +38,8 @@ class ResolvedModel:
     """Built with random weights (``pretrained=False``)."""
     refine_path: Path | None = None
     """The refine conv's weights (equivariance repos, when the fine-tuned branch is needed)."""
+    finetuned_format: str = "state_dict"
+    """How the fine-tuned file is laid out (:data:`fit3d_hub.registry.FORMATS`)."""
 
 
 def model_id(name_or_path: str | os.PathLike) -> str:
@@ -52,17 +53,6 @@ def model_id(name_or_path: str | os.PathLike) -> str:
 def _is_pathlike(name: str) -> bool:
     """A string meant as a path, not as an ``owner/name`` hub repo id."""
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
-def registry_config(spec: BackboneSpec) -> RepoConfig:
-    """The repo config a registry entry stands for (the tagged timm id carries pretrained_cfg)."""
-    block = Fit3DBlock(
-        name=spec.name, base_model=spec.base_model, base=BaseRef(spec.base_repo),
-        patch_size=spec.patch_size, embed_dim=spec.embed_dim, mean=spec.mean, std=spec.std,
-        training=({"release": "authors", "source": f"{spec.finetuned_repo}:{spec.finetuned_file}"}
-                  if spec.has_finetuned_weights else {}),
-    )
-    return RepoConfig(spec.base_model, dict(spec.model_args), {}, block)
 
 
 def resolve(
@@ -92,16 +82,26 @@ def resolve(
         if not pretrained:
             return ResolvedModel(config, None, None, base_from_timm=True, random=True)
         if need_fine and not spec.has_finetuned_weights:
+            released = ", ".join(releases_of(spec.base_name))
             raise HubFileNotFoundError(
-                f"{spec.name}: no fine-tuned weights were released; fine-tune one with "
-                "`python -m training.fit3d.finetune` and load its output directory, or use "
-                "mode='original' or pretrained=False")
+                f"{spec.name}: no 3D-aware weights were released for this base"
+                f"{f' (released: {released})' if released else ''}; train one "
+                "(`fit3d-hub methods`) and load its output directory, or use mode='original' "
+                "or pretrained=False")
         base = HubFile(spec.base_repo, WEIGHTS_NAME)
         fine = HubFile(spec.finetuned_repo, spec.finetuned_file, revision)
-        wanted = [f for f, need in ((base, need_orig), (fine, need_fine)) if need]
+        # an equivariance release is merged into the base: it needs both files
+        merged = need_fine and spec.weights_format == "equivariance_ckpt"
+        wanted = [f for f, need in ((base, need_orig or merged), (fine, need_fine)) if need]
+        command = download_command(spec.name, revision=revision, cache_dir=cache_dir)
         paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only,
-                      command=download_command(spec.name, revision=revision, cache_dir=cache_dir))
-        return ResolvedModel(config, paths.get(fine), paths.get(base), base_from_timm=True)
+                      command=command)
+        if merged:
+            repo = equivariance_repo(spec, paths[fine], paths[base], cache_dir)
+            return _resolve_repo_dir(repo, need_orig, need_fine, True, cache_dir,
+                                     local_files_only, command)
+        return ResolvedModel(config, paths.get(fine), paths.get(base), base_from_timm=True,
+                             finetuned_format=spec.weights_format)
     if _is_pathlike(name):
         raise UnknownModelError(f"{name}: no such model directory")
     if name.count("/") != 1:
@@ -174,13 +174,16 @@ def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = No
     """Instantiate both backbones from a resolved model and load their weights strictly."""
     config, block = resolved.config, resolved.config.fit3d
 
-    def backbone(path: Path | None, from_timm: bool) -> torch.nn.Module:
+    def backbone(path: Path | None, from_timm: bool, convert=None) -> torch.nn.Module:
         return load_vit(config.architecture, config.model_args, config.pretrained_cfg or None,
-                        path, drop_classifier=from_timm, mean=block.mean, std=block.std)
+                        path, drop_classifier=from_timm, mean=block.mean, std=block.std,
+                        convert=convert)
 
     original = (backbone(resolved.base_path, resolved.base_from_timm)
                 if mode in ("concat", "original") else None)
-    finetuned = (backbone(resolved.finetuned_path, False)
+    convert = read_dinov2_state_dict if resolved.finetuned_format == "dinov2_state_dict" \
+        else None
+    finetuned = (backbone(resolved.finetuned_path, False, convert)
                  if mode in ("concat", "finetuned") else None)
     refine = None
     if finetuned is not None and block.refine is not None:

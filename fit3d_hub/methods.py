@@ -39,11 +39,12 @@ class MethodSpec:
     card_text: str
     """The model card's "Method" paragraph."""
     paper: Paper
-    train: tuple[str, ...]
-    """Modules run with ``accelerate launch -m`` (or ``python -m``), in order."""
-    configs: tuple[str, ...]
+    train: tuple[str, ...] = ()
+    """Modules run with ``accelerate launch -m`` (or ``python -m``), in order; empty for a
+    method whose released weights load here but whose training is not built yet."""
+    configs: tuple[str, ...] = ()
     """``module:Class`` of the config dataclass of each training module."""
-    demo: str
+    demo: str | None = None
     """Module of the demo: ``Settings`` (dataclass with ``backbone`` and ``seed``),
     ``quick(settings)`` and ``run(output, settings)``."""
     repo_extras: tuple[str, ...] = ()
@@ -82,6 +83,21 @@ EQUIVARIANCE_PAPER = Paper(
            "Guibas, Leonidas},\n"
            "  booktitle = {International Conference on Learning Representations (ICLR)},\n"
            "  year      = {2025}\n}",
+)
+
+SND_PAPER = Paper(
+    title="Splat and Distill: Augmenting Teachers with Feed-Forward 3D Reconstruction For "
+          "3D-Aware Distillation",
+    venue="ICLR 2026",
+    authors="David Shavin, Sagie Benaim",
+    url="https://arxiv.org/abs/2602.06032",
+    code="https://github.com/davidshavin4/Splat-and-Distill",
+    bibtex="@inproceedings{shavin2026splat,\n"
+           "  title     = {Splat and Distill: Augmenting Teachers with Feed-Forward 3D "
+           "Reconstruction For 3D-Aware Distillation},\n"
+           "  author    = {Shavin, David and Benaim, Sagie},\n"
+           "  booktitle = {International Conference on Learning Representations (ICLR)},\n"
+           "  year      = {2026}\n}",
 )
 
 METHODS: dict[str, MethodSpec] = {
@@ -123,6 +139,18 @@ METHODS: dict[str, MethodSpec] = {
             demo="demo.equivariance",
             repo_extras=("refine",),
             converter="fit3d_hub.convert:convert_equivariance_checkpoint",
+        ),
+        MethodSpec(
+            name="snd",
+            title="Splat-and-Distill",
+            summary="FiT3D with a feed-forward 3D reconstruction in place of per-scene "
+                    "lifting; released weights load here, training is issue 22's",
+            card_text="Splat-and-Distill replaces FiT3D's per-scene optimisation of feature "
+                      "Gaussians with a\nfeed-forward 3D reconstruction whose Gaussians carry "
+                      "the teacher's features, and distils the\nfine-tuned ViT from their "
+                      "renders. The released weights are the whole fine-tuned DINOv2\n"
+                      "(with or without the feature blending of the training renders).",
+            paper=SND_PAPER,
         ),
     )
 }

@@ -55,6 +55,26 @@ def block_features(vit: nn.Module, x: torch.Tensor, layer: int = -1, norm: bool 
     return fmap, prefix[:, 0]
 
 
+def _branch_intermediates(vit: nn.Module, x: torch.Tensor, *, return_prefix_tokens: bool,
+                          intermediates_only: bool, attn_mask: torch.Tensor | None,
+                          is_causal: bool, **kwargs) -> dict[str, Any]:
+    """One branch's ``forward_intermediates`` as timm's ``output_dict`` lays it out, for any
+    timm ViT (``VisionTransformer``, and ``Eva`` (DINOv3), which has no ``output_dict``)."""
+    extra = {k: v for k, v in (("attn_mask", attn_mask), ("is_causal", is_causal)) if v}
+    out = vit.forward_intermediates(x, return_prefix_tokens=return_prefix_tokens,
+                                    intermediates_only=intermediates_only, **kwargs, **extra)
+    final, layers = (None, out) if intermediates_only else out
+    result: dict[str, Any] = {}
+    if return_prefix_tokens:
+        result["image_intermediates"] = [spatial for spatial, _ in layers]
+        result["image_intermediates_prefix"] = [prefix for _, prefix in layers]
+    else:
+        result["image_intermediates"] = list(layers)
+    if final is not None:
+        result["image_features"] = final
+    return result
+
+
 def _nearest_multiples(n: int, p: int) -> tuple[int, int]:
     low = (n // p) * p
     return (low if low > 0 else p), low + p
@@ -268,10 +288,10 @@ class FiT3D(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC'; got {output_fmt!r}")
         self._check_indices(indices)
         x = self._prepare(x)
-        outs = [vit.forward_intermediates(
-            x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm,
+        outs = [_branch_intermediates(
+            vit, x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm,
             stop_early=stop_early, output_fmt=output_fmt, intermediates_only=intermediates_only,
-            output_dict=True, attn_mask=attn_mask, is_causal=is_causal)
+            attn_mask=attn_mask, is_causal=is_causal)
             for vit in self._branches()]
         axis = 1 if output_fmt == "NCHW" else -1
         merged = {key: [torch.cat(per_layer, dim=-1 if key.endswith("prefix") else axis)

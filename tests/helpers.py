@@ -77,3 +77,45 @@ def by_hand(original: torch.nn.Module, finetuned: torch.nn.Module, x: torch.Tens
         h, w = x.shape[-2] // 14, x.shape[-1] // 14
         outs.append(tokens.reshape(b, h, w, c).permute(0, 3, 1, 2))
     return torch.cat(outs, dim=1)
+
+
+def authors_equivariance_ckpt(path: Path, vit: torch.nn.Module, seed: int = 0,
+                              blocks: int = 2) -> Path:
+    """A file laid out as 3DCorrEnhance's on_save_checkpoint writes it, Lightning's own
+    bookkeeping included (plain values, readable with weights_only=True)."""
+    g = torch.Generator().manual_seed(seed)
+    dim = vit.embed_dim
+    ckpt = {"epoch": 99, "global_step": 10000, "pytorch-lightning_version": "2.2.5",
+            "state_dict": {"refine_conv": {"weight": torch.randn(dim, dim, 3, 3, generator=g),
+                                           "bias": torch.randn(dim, generator=g)}},
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 100}}}},
+            "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "",
+                                                               "best_model_score": None}},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-5,
+                                                                 "betas": (0.9, 0.999)}]}],
+            "lr_schedulers": []}
+    for i in range(2 * blocks):  # blocks x (q, v)
+        ckpt[f"w_a_{i:03d}"] = torch.nn.Parameter(torch.randn(4, dim, generator=g) * 0.1)
+        ckpt[f"w_b_{i:03d}"] = torch.nn.Parameter(torch.randn(dim, 4, generator=g) * 0.1)
+    torch.save(ckpt, path)
+    return path
+
+
+def equivariance_by_hand(vit: torch.nn.Module, source: Path, blocks: int = 2
+                         ) -> torch.nn.Module:
+    """What a 3DCorrEnhance release computes, built by hand: their adapters on the last
+    ``blocks`` blocks (q then v), then their refine conv on the final patch tokens."""
+    from fit3d_hub.lora import add_lora
+    from fit3d_hub.refine import refine_conv
+    from training.equivariance.network import EquivarianceNet
+
+    raw = torch.load(source, weights_only=True)
+    for k, adapter in enumerate(add_lora(vit, blocks=blocks)):
+        with torch.no_grad():
+            adapter.a_q.weight.copy_(raw[f"w_a_{2 * k:03d}"])
+            adapter.b_q.weight.copy_(raw[f"w_b_{2 * k:03d}"])
+            adapter.a_v.weight.copy_(raw[f"w_a_{2 * k + 1:03d}"])
+            adapter.b_v.weight.copy_(raw[f"w_b_{2 * k + 1:03d}"])
+    conv = refine_conv(int(vit.embed_dim))
+    conv.load_state_dict(raw["state_dict"]["refine_conv"])
+    return EquivarianceNet(vit, conv).eval()

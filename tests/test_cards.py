@@ -9,8 +9,8 @@ from huggingface_hub import ModelCard
 
 from fit3d_hub import FiT3D, RepoFormatError
 from fit3d_hub.cards import card_metadata, render_card
-from fit3d_hub.loading import registry_config
-from fit3d_hub.registry import REGISTRY, get_spec
+from fit3d_hub.methods import METHODS
+from fit3d_hub.registry import FIT3D_RELEASES, REGISTRY, get_spec, registry_config
 from fit3d_hub.results import load_results
 from fit3d_hub.schema import Fit3DBlock, RepoConfig, read_config
 
@@ -52,7 +52,21 @@ def test_mae_card_has_its_license():
 
 def test_every_released_backbone_has_card_metadata():
     meta = card_metadata()["backbones"]
-    assert set(meta) == set(REGISTRY)
+    assert set(meta) == set(FIT3D_RELEASES)  # the paper's figures are FiT3D's releases'
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_name_renders_a_card_offline(name):
+    """Each release's card names its method, paper and the authors' file; a base's card
+    says it has none."""
+    spec = REGISTRY[name]
+    card = ModelCard(render_card(registry_config(spec)))
+    if spec.method is None:
+        assert "FiT3D" in card.text  # a base renders as the default method's template
+        return
+    method = METHODS[spec.method]
+    assert method.paper.title in card.text and method.title in card.text
+    assert spec.finetuned_file in card.text and spec.base_model in str(card.data.base_model)
 
 
 def test_measured_results_are_added_and_labelled(tiny_pair, tmp_path):

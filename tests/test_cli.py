@@ -33,14 +33,20 @@ def test_list(capsys):
     code, out, _ = run(capsys, "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:2] == ["name", "base"]
-    assert any(line.startswith("mae_base ") and "cc-by-nc-4.0" in line for line in lines)
-    code, out, _ = run(capsys, "list", "--pretrained")
+    assert lines[0].split() == ["name", "method", "base", "model", "(timm)", "released",
+                                "weights", "license", "paper"]
+    assert any(line.startswith("mae_base.fit3d ") and "cc-by-nc-4.0" in line for line in lines)
+    assert any(line.startswith("dinov3_large ") and "dinov3-license" in line for line in lines)
+    code, out, _ = run(capsys, "list", "--pretrained", "--method", "fit3d")
     listed = {line.split()[0] for line in out.splitlines()[1:]}
-    assert listed == {"dinov2_small", "dinov2_base", "dinov2_reg_small", "clip_base",
-                      "mae_base", "deit3_base"}
-    assert any(line.startswith("dinov2_base ") and "yuanwenyue/FiT3D:dinov2_base_finetuned.pth"
-               in line for line in out.splitlines())
+    assert listed == {"dinov2_small.fit3d", "dinov2_base.fit3d", "dinov2_reg_small.fit3d",
+                      "clip_base.fit3d", "mae_base.fit3d", "deit3_base.fit3d"}
+    assert any(line.startswith("dinov2_base.fit3d ") and
+               "yuanwenyue/FiT3D:dinov2_base_finetuned.pth" in line
+               for line in out.splitlines())
+    code, out, _ = run(capsys, "list", "--method", "equivariance")
+    rows = out.splitlines()[1:]
+    assert len(rows) == 11 and all("qq456cvb/3DCorrEnhance:" in r for r in rows)
 
 
 def test_download_dinov2_base_names_the_authors_file(capsys, tmp_path):

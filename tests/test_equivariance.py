@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers import tiny_vit
+from helpers import authors_equivariance_ckpt, equivariance_by_hand, tiny_vit
 
 from fit3d_hub import FiT3D, load_fit3d
 from fit3d_hub.cards import render_card
@@ -259,51 +259,19 @@ def test_nan_loss_stops_with_one_line(scenes_dir, backbone_dir, tmp_path, capsys
     assert not (tmp_path / "out" / "config.json").exists()
 
 
-def _authors_ckpt(path: Path, vit: torch.nn.Module, seed: int = 0) -> Path:
-    """A file laid out as 3DCorrEnhance's on_save_checkpoint writes it, Lightning's own
-    bookkeeping included (plain values, readable with weights_only=True)."""
-    g = torch.Generator().manual_seed(seed)
-    dim = vit.embed_dim
-    ckpt = {"epoch": 99, "global_step": 10000, "pytorch-lightning_version": "2.2.5",
-            "state_dict": {"refine_conv": {"weight": torch.randn(dim, dim, 3, 3, generator=g),
-                                           "bias": torch.randn(dim, generator=g)}},
-            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 100}}}},
-            "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "",
-                                                               "best_model_score": None}},
-            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-5,
-                                                                 "betas": (0.9, 0.999)}]}],
-            "lr_schedulers": []}
-    for i in range(4):  # 2 blocks x (q, v)
-        ckpt[f"w_a_{i:03d}"] = torch.nn.Parameter(torch.randn(4, dim, generator=g) * 0.1)
-        ckpt[f"w_b_{i:03d}"] = torch.nn.Parameter(torch.randn(dim, 4, generator=g) * 0.1)
-    torch.save(ckpt, path)
-    return path
-
-
 def test_authors_release_converts_to_the_adapted_model(tmp_path, tiny_spec, capsys):
     from fit3d_hub.cli import main as cli
 
     original = tiny_vit(0)
-    source = _authors_ckpt(tmp_path / "tiny.ckpt", original)
+    source = authors_equivariance_ckpt(tmp_path / "tiny.ckpt", original)
     base = tmp_path / "base.safetensors"
     from fit3d_hub.weights import save_state_dict
     save_state_dict(original.state_dict(), base)
     assert cli(["convert", str(source), "--method", "equivariance", "--backbone", "tiny_dinov2",
                 "--base", str(base), "--output", str(tmp_path / "repo")]) == 0
-    # the same model built by hand: their adapters on the last blocks, q then v, then the conv
-    raw = torch.load(source, weights_only=True)
-    vit = tiny_vit(0)
-    for k, adapter in enumerate(add_lora(vit, blocks=2)):
-        with torch.no_grad():
-            adapter.a_q.weight.copy_(raw[f"w_a_{2 * k:03d}"])
-            adapter.b_q.weight.copy_(raw[f"w_b_{2 * k:03d}"])
-            adapter.a_v.weight.copy_(raw[f"w_a_{2 * k + 1:03d}"])
-            adapter.b_v.weight.copy_(raw[f"w_b_{2 * k + 1:03d}"])
-    conv = refine_conv(32)
-    conv.load_state_dict(raw["state_dict"]["refine_conv"])
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
-        expected = EquivarianceNet(vit, conv).eval()(x)
+        expected = equivariance_by_hand(tiny_vit(0), source)(x)
         got = load_fit3d(tmp_path / "repo", mode="finetuned")(x)
     assert torch.allclose(got, expected, atol=1e-5)
     assert read_config(tmp_path / "repo" / "config.json").fit3d.method == "equivariance"
@@ -332,7 +300,7 @@ def test_authors_release_converts_on_hub_base_weights(tmp_path, tiny_spec, tiny_
     from fit3d_hub.cli import main as cli
 
     original, _ = tiny_pair
-    source = _authors_ckpt(tmp_path / "tiny.ckpt", original, seed=1)
+    source = authors_equivariance_ckpt(tmp_path / "tiny.ckpt", original, seed=1)
     assert cli(["convert", str(source), "--method", "equivariance", "--backbone", "tiny_dinov2",
                 "--cache-dir", str(hub_cache), "--output", str(tmp_path / "repo")]) == 0
     assert not (tmp_path / "repo" / "base.safetensors").exists()  # points at the timm repo

@@ -19,7 +19,7 @@ from fit3d_hub import (
     UnsafeCheckpointError,
     load_fit3d,
 )
-from fit3d_hub.registry import REGISTRY
+from fit3d_hub.registry import REGISTRY, get_spec
 from fit3d_hub.weights import save_state_dict
 
 X = torch.randn(2, 3, 28, 42)
@@ -89,7 +89,8 @@ def test_no_released_weights_is_a_clear_error(tiny_spec, monkeypatch):
     unreleased = dataclasses.replace(tiny_spec, name="tiny_unreleased", finetuned_file=None)
     monkeypatch.setitem(REGISTRY, unreleased.name, unreleased)
     assert "tiny_unreleased" not in fit3d_hub.list_models(pretrained=True)
-    with pytest.raises(HubFileNotFoundError, match="tiny_unreleased: no fine-tuned weights"):
+    with pytest.raises(HubFileNotFoundError,
+                       match="tiny_unreleased: no 3D-aware weights were released"):
         load_fit3d("tiny_unreleased")
 
 
@@ -160,7 +161,8 @@ def test_truncated_safetensors_names_the_file(tiny_spec, hub_cache, tmp_path):
 
 
 @pytest.mark.parametrize("name, error, text", [
-    ("no_such_backbone", UnknownModelError, "expected one of clip_base, deit3_base"),
+    ("no_such_backbone", UnknownModelError, "`fit3d-hub list` shows every name"),
+    ("dinov2_smal", UnknownModelError, "did you mean dinov2_small"),
     ("./missing/dir", UnknownModelError, "no such model directory"),
     ("a/b/c", UnknownModelError, "no such model directory"),
 ])
@@ -184,10 +186,16 @@ def test_device_and_dtype_arguments(hub_cache):
 
 
 def test_public_api_surface():
-    assert set(fit3d_hub.list_models()) == {"dinov2_small", "dinov2_base", "dinov2_reg_small",
-                                            "clip_base", "mae_base", "deit3_base"}
+    fit3d = {"dinov2_small", "dinov2_base", "dinov2_reg_small", "clip_base", "mae_base",
+             "deit3_base"}
     # every backbone of the authors' hubconf has released weights, DINOv2-B included
-    assert fit3d_hub.list_models(pretrained=True) == fit3d_hub.list_models()
+    assert set(fit3d_hub.list_models(pretrained=True, method="fit3d")) == \
+        {f"{n}.fit3d" for n in fit3d}
+    # the bare names (and the hubconf's) stay FiT3D's
+    assert {get_spec(n).name for n in fit3d} == {f"{n}.fit3d" for n in fit3d}
+    assert get_spec("dinov2_small_fine").name == "dinov2_small.fit3d"
+    bases = set(fit3d_hub.list_models()) - set(fit3d_hub.list_models(pretrained=True))
+    assert {"dinov2_large", "dinov2_reg_giant", "dinov3_small_plus", "dinov3_large"} <= bases
 
 
 @pytest.mark.slow

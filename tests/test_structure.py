@@ -80,6 +80,9 @@ def test_the_registry_names_existing_code_in_the_right_places():
     """fit3d_hub reaches training/ and demo/ only by the dotted paths in the methods
     registry (after finding the checkout); each names a module that exists where it should."""
     for spec in METHODS.values():
+        if spec.demo is None:  # released weights load; nothing to train or demo yet
+            assert not spec.train and not spec.configs
+            continue
         assert spec.demo.startswith("demo."), spec.demo
         demo = importlib.import_module(spec.demo)
         assert callable(demo.run) and callable(demo.quick)
