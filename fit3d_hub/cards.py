@@ -67,16 +67,18 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     base = fit3d.base
     display = spec.display_name if spec else config.architecture
     license_ = (spec.license if spec else None) or config.pretrained_cfg.get("license") or "other"
-    model_name = repo_id.split("/")[-1] if repo_id else \
-        f"{fit3d.method}-{name or config.architecture}"
+    model_name = repo_id.split("/")[-1] if repo_id else (name or
+                                                         f"{fit3d.method}-{config.architecture}")
 
     training = fit3d.training
     from_authors = training.get("release") == "authors"
+    # the shipped training data and paper figures describe FiT3D's own releases
+    fit3d_release = from_authors and fit3d.method == "fit3d"
     # The paper's figures describe the authors' weights: they enter the model-index only for
     # those; other weights show them in the text as the reference they are.
     evals = [_eval_result(r["task"], r["dataset"], r["dataset_name"], r["metric"], r["fit3d"],
                           PAPER_SOURCE, paper.url, "paper, concat")
-             for r in (paper_rows if from_authors else [])]
+             for r in (paper_rows if fit3d_release else [])]
     evals += [_eval_result(r.task, r.dataset, r.dataset_name, r.metric, r.value,
                            results_source or MEASURED_SOURCE, PROJECT_URL, f"measured, {r.variant}")
               for r in measured if r.variant in MODES]  # baselines are not the model's
@@ -85,7 +87,7 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         pipeline_tag="image-feature-extraction",
         license=license_,
         base_model=f"timm/{base_model}" if base_model else None,
-        datasets=meta["datasets"] if from_authors else (training.get("datasets") or None),
+        datasets=meta["datasets"] if fit3d_release else (training.get("datasets") or None),
         tags=["fit3d", "timm", "vision-transformer", "3d-aware", "feature-extraction"]
         + ([] if fit3d.method == "fit3d" else [fit3d.method]),
         model_name=model_name,
@@ -95,8 +97,11 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         base_line = f"`{base.repo_id}` (`{base.filename}`)"
     else:
         base_line = "embedded in this repo (`base.safetensors`)"
-    if from_authors:
+    if fit3d_release:
         training_line = f"{meta['training_data']}; weights from `{training.get('source')}`"
+    elif from_authors:
+        training_line = (f"the authors' release `{training.get('source')}` "
+                         f"({method.title}, {paper.venue})")
     elif training:
         training_line = ", ".join(f"{k}: {v}" for k, v in sorted(training.items()))
     else:

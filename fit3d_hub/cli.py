@@ -31,16 +31,23 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 @dataclass
 class ListArgs:
-    """List the registry: every released 3D-aware backbone and every base to train from."""
+    """List the registry: every released 3D-aware backbone and every base to train from.
+    The bare names of FiT3D's releases (dinov2_small, ...) and the authors' hubconf names
+    (dinov2_small_fine, ...) are aliases of their .fit3d entries."""
 
     pretrained: bool = option(False, help="only names with released 3D-aware weights")
     method: str | None = option(None, choices=lambda: tuple(METHODS),
                                 help="only this method's releases")
+    markdown: bool = option(False, help="print a markdown table (the README's)")
 
     def __call__(self) -> int:
-        from fit3d_hub.registry import list_models, registry_table
+        from fit3d_hub.registry import list_models, registry_markdown, registry_table
 
-        _table(registry_table(list_models(pretrained=self.pretrained, method=self.method)))
+        names = list_models(pretrained=self.pretrained, method=self.method)
+        if self.markdown:
+            print(registry_markdown(names))
+        else:
+            _table(registry_table(names))
         return 0
 
 
@@ -137,9 +144,10 @@ class PushArgs:
 
 @dataclass
 class CardArgs:
-    """Render a repo directory's model card (README.md)."""
+    """Render a repo directory's model card (README.md), or a registry name's (printed)."""
 
-    directory: str = option(positional=True, help="the repo directory")
+    directory: str = option(positional=True, help="the repo directory, or a registry name "
+                            "(its card is printed; nothing is downloaded)")
     results: str | None = option(None, help="results JSON from eval/ to add as measured figures")
     results_source: str | None = option(None, help="label for the measured figures (none: "
                                         "'measured with fit3d-hub')")
@@ -148,14 +156,20 @@ class CardArgs:
     def __call__(self) -> int:
         from fit3d_hub.atomic import write_text_atomic
         from fit3d_hub.cards import render_card
+        from fit3d_hub.registry import get_spec, is_registered, registry_config
         from fit3d_hub.results import load_results
         from fit3d_hub.schema import CARD_NAME, CONFIG_NAME, read_config
 
         directory = Path(self.directory)
-        config = read_config(directory / CONFIG_NAME)
+        named = not directory.is_dir() and is_registered(self.directory)
+        config = registry_config(get_spec(self.directory)) if named else \
+            read_config(directory / CONFIG_NAME)
         results = load_results(self.results) if self.results else None
         text = render_card(config, results=results, repo_id=self.repo_id,
                            results_source=self.results_source)
+        if named:
+            print(text)
+            return 0
         path = write_text_atomic(directory / CARD_NAME, text)
         print(f"wrote {path}")
         return 0

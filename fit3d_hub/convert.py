@@ -11,7 +11,7 @@ from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.loading import load_fit3d
 from fit3d_hub.model import FiT3D
 from fit3d_hub.registry import REGISTRY, get_spec, registry_config
-from fit3d_hub.releases import equivariance_model
+from fit3d_hub.releases import equivariance_model, read_equivariance_checkpoint
 from fit3d_hub.schema import CONFIG_NAME
 
 
@@ -59,13 +59,14 @@ def convert_equivariance_checkpoint(source: str | Path, backbone: str, output: s
     if (output / CONFIG_NAME).exists() and not overwrite:
         raise RepoFormatError(f"{output}: already holds a repo (config.json); pass "
                               "--overwrite to replace it")
+    release = read_equivariance_checkpoint(source)  # a bad file fails before the base loads
     block = registry_config(spec).fit3d
     if base is not None:
         original = load_vit(spec.base_model, spec.model_args, weights=Path(base),
                             drop_classifier=True, mean=block.mean, std=block.std)
     else:
         original = load_fit3d(spec.name, mode="original", cache_dir=cache_dir).original
-    model = equivariance_model(source, original)
+    model = equivariance_model(source, release, original)
     model.fit3d_block = replace(block, method="equivariance", training={
         "origin": "3DCorrEnhance authors' release (You et al., ICLR 2025)",
         "source": Path(source).name, "converted_by": "fit3d-hub convert --method equivariance"})

@@ -174,8 +174,13 @@ def _random_fit3d(config: FiT3DConfig) -> FiT3D:
 
 
 def _embeddings(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """timm's token sequence before the first block (as its forward_intermediates builds it)."""
-    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    """timm's token sequence before the first block (as its forward_intermediates builds it;
+    ``Eva`` (DINOv3) also returns its rotary embedding, which the blocks take apart)."""
+    tokens = vit._pos_embed(vit.patch_embed(x))
+    if isinstance(tokens, tuple):
+        tokens = tokens[0]
+    drop = getattr(vit, "patch_drop", None)  # Eva holds None in eval builds
+    return vit.norm_pre(drop(tokens) if drop is not None else tokens)
 
 
 class FiT3DModel(FiT3DPreTrainedModel):

@@ -307,6 +307,21 @@ class FiT3D(nn.Module):
             layers = list(zip(layers, merged["image_intermediates_prefix"], strict=True))
         return layers if intermediates_only else (merged["image_features"], layers)
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's per-block feature description (``features_only`` consumers such as
+        ``timm.models.FeatureGetterNet`` read it): each block's map has ``out_channels``
+        channels at ``1 / patch_size`` of the input."""
+        return [{"module": f"blocks.{i}", "num_chs": self.out_channels,
+                 "reduction": self.patch_size} for i in range(self.num_blocks)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's activation checkpointing on both branches (large bases train in less
+        memory; outputs and gradients are unchanged)."""
+        for vit in (self.original, self.finetuned):
+            if vit is not None:
+                vit.set_grad_checkpointing(enable)
+
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """timm's pruning, applied to both branches (blocks after the last index dropped)."""

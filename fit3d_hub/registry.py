@@ -248,3 +248,14 @@ def registry_table(names: list[str]) -> list[tuple[str, ...]]:
                      spec.source or "-", spec.license,
                      f"{method.title}, {method.paper.venue}" if method else "-"))
     return rows
+
+
+def registry_markdown(names: list[str]) -> str:
+    """The registry table in markdown (``fit3d-hub list --markdown``; the README's)."""
+    rows = registry_table(names)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    for row in rows[1:]:
+        cells = [f"`{row[0]}`", row[1], f"`{row[2]}`",
+                 f"`{row[3]}`" if row[3] != "-" else "-", row[4], row[5]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -60,14 +60,15 @@ def read_equivariance_checkpoint(source: str | Path
     return w_a, w_b, {k: v for k, v in refine.items()}
 
 
-def equivariance_model(source: str | Path, original: nn.Module):
+def equivariance_model(source: str | Path, release: tuple, original: nn.Module):
     """A :class:`~fit3d_hub.FiT3D`: ``original`` beside its copy with the release's LoRA
-    merged, the release's refine conv on the fine-tuned branch."""
+    merged, the release's refine conv on the fine-tuned branch (``release``: what
+    :func:`read_equivariance_checkpoint` read from ``source``)."""
     from fit3d_hub.lora import merge_authors_lora
     from fit3d_hub.model import FiT3D
     from fit3d_hub.refine import refine_conv
 
-    w_a, w_b, refine_state = read_equivariance_checkpoint(source)
+    w_a, w_b, refine_state = release
     try:
         finetuned = merge_authors_lora(copy.deepcopy(original), w_a, w_b, str(source))
     except ValueError as err:
@@ -103,10 +104,11 @@ def equivariance_repo(spec, source: Path, base: Path, cache_dir: str | Path | No
         f"{_content_key(source)}-{_content_key(base)}"
     if (target / "config.json").is_file():
         return target
+    release = read_equivariance_checkpoint(source)  # a bad file fails before any merge
     block = registry_config(spec).fit3d
     original = load_vit(spec.base_model, spec.model_args, weights=base, drop_classifier=True,
                         mean=block.mean, std=block.std)
-    model = equivariance_model(source, original)
+    model = equivariance_model(source, release, original)
     model.fit3d_block = replace(block, training={**block.training,
                                                  "converted_by": "fit3d-hub (load by name)"})
     target.parent.mkdir(parents=True, exist_ok=True)

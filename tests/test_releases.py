@@ -156,3 +156,14 @@ def test_registered_releases_name_their_authors_files():
     assert (snd.method, snd.finetuned_file) == ("snd", "dinov2_small_snd_no_blending.pth")
     assert get_spec("dinov2_small") is get_spec("dinov2_small.fit3d")
     assert snd.base_name == "dinov2_small" and get_spec("dinov2_large").method is None
+
+
+def test_readme_lists_the_registry():
+    """The README's table is `fit3d-hub list --markdown` of every name."""
+    from pathlib import Path
+
+    from fit3d_hub.registry import list_models, registry_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("<!-- registry:start -->\n", 1)[1].split("\n<!-- registry:end -->", 1)[0]
+    assert table == registry_markdown(list_models())
