@@ -43,6 +43,7 @@ from fit3d_hub.jsonio import read_json_object
 from fit3d_hub.loading import load_fit3d, resolve
 from fit3d_hub.model import FiT3D
 from fit3d_hub.refine import refine_conv
+from fit3d_hub.registry import is_registered
 from fit3d_hub.schema import CONFIG_NAME, MODEL_TYPE, MODES, Fit3DBlock
 from fit3d_hub.transforms import FiT3DTransform, get_transform
 
@@ -308,7 +309,10 @@ def fit3d_config(name: str, **hub: Any) -> FiT3DConfig:
 
 
 def is_fit3d_repo(name: str, **hub: Any) -> bool:
-    """Whether ``name`` is a local folder or cached hub repo whose config.json is a FiT3D's."""
+    """Whether ``name`` is a registry name, or a local folder or cached hub repo whose
+    config.json is a FiT3D's."""
+    if is_registered(name):
+        return True
     try:
         raw = _read_local_config(str(name), **hub)
     except RepoFormatError:
@@ -316,12 +320,12 @@ def is_fit3d_repo(name: str, **hub: Any) -> bool:
     return raw is not None and raw.get("model_type") == MODEL_TYPE
 
 
-def _patch_auto_backbone() -> None:
-    """transformers >= 5.1 asks the hub whether every name is a repo before loading a backbone
-    (``AutoBackbone.from_pretrained``), which fails for local folders and offline. For FiT3D
-    repos (a local folder, or one in the cache) go straight to :class:`FiT3DBackbone`; every
-    other name takes transformers' path unchanged."""
-    original = AutoBackbone.from_pretrained.__func__
+def _patch_auto(auto: type, load: Any) -> None:
+    """transformers asks the hub whether every name is a repo before loading (and >= 5.1
+    does so for AutoBackbone), which fails for local folders and offline, and knows no
+    registry names. For FiT3D repos and registry names go straight to fit3d-hub's class;
+    every other name takes transformers' path unchanged."""
+    original = auto.from_pretrained.__func__
     if getattr(original, "_fit3d", False):
         return
 
@@ -329,11 +333,23 @@ def _patch_auto_backbone() -> None:
         hub = {k: kwargs.get(k) for k in ("cache_dir", "revision")}
         if is_fit3d_repo(str(pretrained_model_name_or_path), **hub):
             kwargs.pop("use_timm_backbone", None)
-            return FiT3DBackbone.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            kwargs.pop("trust_remote_code", None)
+            return load(pretrained_model_name_or_path, *args, **kwargs)
         return original(cls, pretrained_model_name_or_path, *args, **kwargs)
 
     from_pretrained._fit3d = True
-    AutoBackbone.from_pretrained = classmethod(from_pretrained)
+    auto.from_pretrained = classmethod(from_pretrained)
+
+
+def _config_from_pretrained(name: str, *args, **kwargs) -> FiT3DConfig:
+    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if kwargs.get(k) is not None}
+    config = fit3d_config(str(name), **hub)
+    if "mode" in kwargs:
+        config.set_mode(kwargs.pop("mode"))
+    for key in ("out_indices", "out_features"):
+        if key in kwargs:
+            setattr(config, key, kwargs.pop(key))
+    return config
 
 
 def register() -> None:
@@ -343,7 +359,10 @@ def register() -> None:
     AutoBackbone.register(FiT3DConfig, FiT3DBackbone, exist_ok=True)
     AutoImageProcessor.register(FiT3DConfig, image_processor_classes={
         "pil": FiT3DImageProcessor, "torchvision": FiT3DImageProcessor}, exist_ok=True)
-    _patch_auto_backbone()
+    _patch_auto(AutoBackbone, FiT3DBackbone.from_pretrained)
+    _patch_auto(AutoModel, FiT3DModel.from_pretrained)
+    _patch_auto(AutoImageProcessor, FiT3DImageProcessor.from_pretrained)
+    _patch_auto(AutoConfig, _config_from_pretrained)
 
 
 register()

@@ -134,3 +134,34 @@ def test_timm_feature_contract_for_every_base(base_model):
     torch.testing.assert_close(checkpointed, plain)
     torch.testing.assert_close(grad_ckpt, grad_plain)
     assert all(v.grad_checkpointing for v in (model.original, model.finetuned))
+
+
+def test_every_method_trains_from_a_dinov3_base(tmp_path):
+    """Stage 1, Stage 2 and the equivariance method each run a few steps on a tiny DINOv3
+    base and write a repo that loads."""
+    from scenes.synthetic import generate
+    from training.equivariance.run import run_equivariance
+    from training.fit3d.finetune.config import FinetuneConfig
+    from training.fit3d.finetune.run import run_finetune
+    from training.fit3d.lift.config import SHORT_RUN_RATES, LiftConfig
+    from training.fit3d.lift.run import lift_scenes
+
+    vit = _tiny("vit_small_patch16_dinov3.lvd1689m", 0)
+    FiT3D(vit, copy.deepcopy(vit)).save_pretrained(tmp_path / "base", include_base=True)
+    generate(tmp_path / "scenes", scenes=1, views=4, size=48, seed=0)
+    quiet = {"progress": False, "log": lambda _: None}
+    summary = lift_scenes(tmp_path / "scenes", str(tmp_path / "base"), tmp_path / "lifted",
+                          LiftConfig(iterations=3, max_points=300, lr=SHORT_RUN_RATES),
+                          backend="torch", **quiet)
+    assert summary["lifted"] == 1 and not summary["failed"]
+    run_finetune(tmp_path / "lifted", str(tmp_path / "base"), tmp_path / "fit3d",
+                 FinetuneConfig(batch_size=1, save_every=0), backend="torch", **quiet)
+    run_equivariance(tmp_path / "scenes", str(tmp_path / "base"), tmp_path / "eq",
+                     EquivarianceConfig(steps=2, lora_blocks=2, target_size=48, points=100,
+                                        save_every=0), **quiet)
+    x = torch.randn(1, 3, 32, 48)
+    for repo, method in ((tmp_path / "fit3d", "fit3d"), (tmp_path / "eq", "equivariance")):
+        model = load_fit3d(repo)
+        assert model.fit3d_block.method == method
+        with torch.no_grad():
+            assert model(x).shape == (1, 64, 2, 3)

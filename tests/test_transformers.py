@@ -184,3 +184,22 @@ def test_readme_examples_run(name, tmp_path, monkeypatch):
     else:
         assert scope["depth"].shape[0] == 1 and scope["depth"].ndim == 3
         assert torch.isfinite(scope["depth"]).all()
+
+
+def test_auto_classes_and_pipeline_take_registry_names(tiny_spec, hub_cache):
+    """A registry name (here the tiny FiT3D release in a hub cache) goes through every auto
+    class and the pipeline, offline, to load_fit3d's numbers."""
+    name, hub = tiny_spec.name, {"cache_dir": hub_cache}
+    assert type(AutoConfig.from_pretrained(name, **hub)).__name__ == "FiT3DConfig"
+    model = AutoModel.from_pretrained(name, **hub)
+    ref = load_fit3d(name, **hub)
+    with torch.no_grad():
+        grid = model(pixel_values=X).last_hidden_state[:, 1:].unflatten(1, (2, 3))
+        torch.testing.assert_close(grid.permute(0, 3, 1, 2), ref(X), rtol=1e-6, atol=1e-6)
+        maps = AutoBackbone.from_pretrained(name, out_indices=[2], **hub)(pixel_values=X)
+    assert maps.feature_maps[0].shape == (2, 64, 2, 3)
+    assert AutoImageProcessor.from_pretrained(name, **hub).patch_size == 14
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (28, 42, 3), np.uint8))
+    got = pipeline("image-feature-extraction", model=name, model_kwargs=hub)(
+        image, return_tensors=True)
+    assert got.shape == (1, 7, 64)
