@@ -71,8 +71,8 @@ class DownloadArgs:
     cache, for later offline use."""
 
     name: str = option(positional=True, help="registry name or hub repo id")
-    mode: str = option("concat", choices=MODES, help="fetch only what this mode needs "
-                       "(concat: both backbones)")
+    mode: str | None = option(None, choices=MODES, help="fetch only what this mode needs "
+                              "(none: the repo's own; concat for a pair: both backbones)")
     revision: str | None = option(None, help="branch, tag or commit of the weights' hub repo")
     cache_dir: str | None = option(None, help="Hugging Face cache directory (none: the hub's)")
 
@@ -191,19 +191,13 @@ class FeaturesArgs:
 
     def __call__(self) -> int:
         import torch
-        from PIL import Image, UnidentifiedImageError
 
         from fit3d_hub.atomic import save_image_atomic
         from fit3d_hub.loading import load_fit3d
         from fit3d_hub.pca import pca_rgb, side_by_side
         from fit3d_hub.transforms import get_transform
 
-        try:
-            image = Image.open(self.image).convert("RGB")
-        except FileNotFoundError:
-            raise FiT3DError(f"{self.image}: no such image file") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise FiT3DError(f"{self.image}: not a readable image ({err})") from None
+        image = _read_image(self.image)
         model = load_fit3d(self.model, revision=self.revision, cache_dir=self.cache_dir,
                            device=self.device)
         transform = get_transform(model, size=self.size)
@@ -224,6 +218,74 @@ class FeaturesArgs:
         print(f"wrote {output} ({picture.width}x{picture.height}; token grid "
               f"{out.features.shape[-2]}x{out.features.shape[-1]})")
         return 0
+
+
+@dataclass
+class LayersArgs:
+    """A GMAE model's zero-shot view of IMAGE (resized to its training size): the input, the
+    depth-ordered layers (the image built up from the nearest Gaussians back), the rendered
+    depth, the figure-ground mask and the depth edges, side by side in one PNG."""
+
+    image: str = option(positional=True, help="an RGB image file")
+    model: str = option(help="a GMAE repo (directory or hub repo id)")
+    output: str = option(help="PNG to write")
+    layers: int = option(4, help="depth-ordered layers to show")
+    height: int = option(192, help="height of each panel")
+    revision: str | None = option(None, help="branch, tag or commit of the model's hub repo")
+    cache_dir: str | None = option(None, help="Hugging Face cache directory (none: the hub's)")
+
+    def __call__(self) -> int:
+        import numpy as np
+        import torch
+
+        from fit3d_hub.atomic import save_image_atomic
+        from fit3d_hub.errors import UsageError
+        from fit3d_hub.gmae import depth_layers, depth_maps, image_gaussians
+        from fit3d_hub.loading import load_fit3d
+        from fit3d_hub.pca import side_by_side
+        from fit3d_hub.transforms import preprocess_images
+
+        if self.layers < 1:
+            raise UsageError(f"--layers must be >= 1; got {self.layers}")
+        image = _read_image(self.image)
+        model = load_fit3d(self.model, revision=self.revision, cache_dir=self.cache_dir)
+        spec = model.fit3d_block.gmae
+        if spec is None or spec.decoder != "gaussians":
+            raise UsageError(f"--model {self.model}: not a GMAE model with a Gaussian decoder")
+        side = spec.image_size
+        rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+        mean, std = model.normalization
+        x = preprocess_images(rgb, mean, std, model.patch_size, (side, side))
+        with torch.no_grad():
+            gaussians = image_gaussians(model, x)
+            layers = depth_layers(gaussians, side, side, self.layers)
+            maps = depth_maps(gaussians, side, side)
+
+        def picture(t: torch.Tensor) -> np.ndarray:
+            t = t[0].expand(3, -1, -1) if t.shape[1] == 1 else t[0]
+            return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+        depth = maps["depth"]
+        depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-6)
+        panels = [("input", np.asarray(image.resize((side, side))))]
+        panels += [(f"nearest {j + 1}/{self.layers}", picture(layer))
+                   for j, layer in enumerate(layers)]
+        panels += [("depth", picture(depth)), ("figure", picture(maps["foreground"])),
+                   ("edges", picture(maps["edges"]))]
+        out = save_image_atomic(self.output, side_by_side(panels, self.height))
+        print(f"wrote {out} ({len(panels)} panels, {spec.num_gaussians} Gaussians)")
+        return 0
+
+
+def _read_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except FileNotFoundError:
+        raise FiT3DError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise FiT3DError(f"{path}: not a readable image ({err})") from None
 
 
 @dataclass
@@ -264,6 +326,7 @@ COMMANDS: dict[str, tuple[type, str]] = {
     "push": (PushArgs, "upload a repo directory to the Hugging Face Hub"),
     "card": (CardArgs, "render a repo directory's model card (README.md)"),
     "features": (FeaturesArgs, "PCA picture of original vs fine-tuned features"),
+    "layers": (LayersArgs, "a GMAE model's depth layers, figure-ground and edges of an image"),
     "demo": (DemoArgs, "a method's whole pipeline on synthetic scenes, offline, on CPU"),
 }
 

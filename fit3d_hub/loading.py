@@ -9,8 +9,15 @@ from pathlib import Path
 import torch
 
 from fit3d_hub.backbone import load_vit
-from fit3d_hub.errors import HubFileNotFoundError, RepoFormatError, UnknownModelError
+from fit3d_hub.errors import (
+    HubFileNotFoundError,
+    RepoFormatError,
+    UnknownModelError,
+    UsageError,
+)
+from fit3d_hub.gmae import build_decoder
 from fit3d_hub.hub import HubFile, download_command, fetch
+from fit3d_hub.methods import get_method
 from fit3d_hub.model import FiT3D
 from fit3d_hub.refine import load_refine, refine_conv
 from fit3d_hub.registry import get_spec, is_registered, registry_config, releases_of
@@ -23,6 +30,7 @@ from fit3d_hub.schema import (
     RepoConfig,
     read_config,
 )
+from fit3d_hub.weights import load_strict, read_state_dict
 
 
 @dataclass
@@ -40,6 +48,10 @@ class ResolvedModel:
     """The refine conv's weights (equivariance repos, when the fine-tuned branch is needed)."""
     finetuned_format: str = "state_dict"
     """How the fine-tuned file is laid out (:data:`fit3d_hub.registry.FORMATS`)."""
+    mode: str = "concat"
+    """The mode the files were gathered for (a one-network repo's is ``finetuned``)."""
+    decoder_path: Path | None = None
+    """A GMAE repo's decoder weights."""
 
 
 def model_id(name_or_path: str | os.PathLike) -> str:
@@ -58,56 +70,75 @@ def _is_pathlike(name: str) -> bool:
 def resolve(
     name_or_path: str | os.PathLike,
     *,
-    mode: str = "concat",
+    mode: str | None = None,
     pretrained: bool = True,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool | None = None,
 ) -> ResolvedModel:
-    """Find (downloading through the hub cache where allowed) what ``mode`` needs."""
-    if mode not in MODES:
+    """Find (downloading through the hub cache where allowed) what ``mode`` needs
+    (``None``: the repo's own, ``concat`` for a pair)."""
+    if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    need_orig = mode in ("concat", "original")
-    need_fine = mode in ("concat", "finetuned")
     name = os.fspath(name_or_path)
     hint = download_command(name, revision=revision, cache_dir=cache_dir)
 
     local = Path(name).expanduser()
     if local.is_dir():
-        return _resolve_repo_dir(local, need_orig, need_fine, pretrained, cache_dir,
-                                 local_files_only, hint)
+        return _resolve_repo_dir(local, mode, pretrained, cache_dir, local_files_only, hint)
     if is_registered(name):
-        spec = get_spec(name)
-        config = registry_config(spec)
-        if not pretrained:
-            return ResolvedModel(config, None, None, base_from_timm=True, random=True)
-        if need_fine and not spec.has_finetuned_weights:
-            released = ", ".join(releases_of(spec.base_name))
-            raise HubFileNotFoundError(
-                f"{spec.name}: no 3D-aware weights were released for this base"
-                f"{f' (released: {released})' if released else ''}; train one "
-                "(`fit3d-hub methods`) and load its output directory, or use mode='original' "
-                "or pretrained=False")
-        base = HubFile(spec.base_repo, WEIGHTS_NAME)
-        fine = HubFile(spec.finetuned_repo, spec.finetuned_file, revision)
-        # an equivariance release is merged into the base: it needs both files
-        merged = need_fine and spec.weights_format == "equivariance_ckpt"
-        wanted = [f for f, need in ((base, need_orig or merged), (fine, need_fine)) if need]
-        command = download_command(spec.name, revision=revision, cache_dir=cache_dir)
-        paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only,
-                      command=command)
-        if merged:
-            repo = equivariance_repo(spec, paths[fine], paths[base], cache_dir)
-            return _resolve_repo_dir(repo, need_orig, need_fine, True, cache_dir,
-                                     local_files_only, command)
-        return ResolvedModel(config, paths.get(fine), paths.get(base), base_from_timm=True,
-                             finetuned_format=spec.weights_format)
+        return _resolve_registered(get_spec(name), mode or "concat", pretrained, revision,
+                                   cache_dir, local_files_only)
     if _is_pathlike(name):
         raise UnknownModelError(f"{name}: no such model directory")
     if name.count("/") != 1:
         get_spec(name)  # raises the error that lists the registry names
-    return _resolve_hub_repo(name, need_orig, need_fine, pretrained, revision, cache_dir,
-                             local_files_only, hint)
+    return _resolve_hub_repo(name, mode, pretrained, revision, cache_dir, local_files_only,
+                             hint)
+
+
+def repo_mode(config: RepoConfig, mode: str | None, where: str) -> str:
+    """The mode to load a repo in: what was asked, else ``concat``; a one-network repo (a
+    GMAE encoder) has only ``finetuned``, and another mode is a usage error."""
+    method = get_method(config.fit3d.method)
+    if method.branches == 1:
+        if mode not in (None, "finetuned"):
+            raise UsageError(f"{where}: mode={mode!r} has no meaning for a {method.name} repo "
+                             "(one network, no original beside it); load it without mode")
+        return "finetuned"
+    return mode or "concat"
+
+
+def _needs(mode: str) -> tuple[bool, bool]:
+    return mode in ("concat", "original"), mode in ("concat", "finetuned")
+
+
+def _resolve_registered(spec, mode: str, pretrained: bool, revision, cache_dir,
+                        local_files_only) -> ResolvedModel:
+    config = registry_config(spec)
+    if not pretrained:
+        return ResolvedModel(config, None, None, base_from_timm=True, random=True, mode=mode)
+    need_orig, need_fine = _needs(mode)
+    if need_fine and not spec.has_finetuned_weights:
+        released = ", ".join(releases_of(spec.base_name))
+        raise HubFileNotFoundError(
+            f"{spec.name}: no 3D-aware weights were released for this base"
+            f"{f' (released: {released})' if released else ''}; train one "
+            "(`fit3d-hub methods`) and load its output directory, or use mode='original' "
+            "or pretrained=False")
+    base = HubFile(spec.base_repo, WEIGHTS_NAME)
+    fine = HubFile(spec.finetuned_repo, spec.finetuned_file, revision)
+    # an equivariance release is merged into the base: it needs both files
+    merged = need_fine and spec.weights_format == "equivariance_ckpt"
+    wanted = [f for f, need in ((base, need_orig or merged), (fine, need_fine)) if need]
+    command = download_command(spec.name, revision=revision, cache_dir=cache_dir)
+    paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only,
+                  command=command)
+    if merged:
+        repo = equivariance_repo(spec, paths[fine], paths[base], cache_dir)
+        return _resolve_repo_dir(repo, mode, True, cache_dir, local_files_only, command)
+    return ResolvedModel(config, paths.get(fine), paths.get(base), base_from_timm=True,
+                         finetuned_format=spec.weights_format, mode=mode)
 
 
 def _base_ref_file(config: RepoConfig, where: str) -> HubFile:
@@ -118,20 +149,24 @@ def _base_ref_file(config: RepoConfig, where: str) -> HubFile:
     return HubFile(ref.repo_id, ref.filename, ref.revision)
 
 
-def _resolve_repo_dir(directory: Path, need_orig: bool, need_fine: bool, pretrained: bool,
-                      cache_dir, local_files_only, hint: str) -> ResolvedModel:
+def _resolve_repo_dir(directory: Path, mode: str | None, pretrained: bool, cache_dir,
+                      local_files_only, hint: str) -> ResolvedModel:
     config = read_config(directory / CONFIG_NAME)
+    mode = repo_mode(config, mode, str(directory))
     if not pretrained:
-        return ResolvedModel(config, None, None, base_from_timm=False, random=True)
+        return ResolvedModel(config, None, None, base_from_timm=False, random=True, mode=mode)
+    need_orig, need_fine = _needs(mode)
     fine = directory / WEIGHTS_NAME
     if need_fine and not fine.is_file():
         raise RepoFormatError(f"{fine}: missing; a FiT3D repo needs the fine-tuned weights")
-    refine = None
-    if need_fine and config.fit3d.refine is not None:
-        refine = directory / config.fit3d.refine.filename
-        if not refine.is_file():
-            raise RepoFormatError(f"{refine}: missing; config.json's 'fit3d.refine' names it "
-                                  "(the refine conv of the fine-tuned branch)")
+    extras = {}
+    for key, spec, what in (("refine_path", config.fit3d.refine, "the refine conv of the "
+                             "fine-tuned branch"),
+                            ("decoder_path", config.fit3d.gmae, "the GMAE decoder")):
+        if need_fine and spec is not None:
+            extras[key] = directory / spec.filename
+            if not extras[key].is_file():
+                raise RepoFormatError(f"{extras[key]}: missing; config.json names it ({what})")
     base, from_timm = None, False
     if need_orig:
         base = directory / BASE_WEIGHTS_NAME
@@ -140,39 +175,48 @@ def _resolve_repo_dir(directory: Path, need_orig: bool, need_fine: bool, pretrai
             base = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
                          command=hint)[ref]
             from_timm = True
-    return ResolvedModel(config, fine if need_fine else None, base, from_timm,
-                         refine_path=refine)
+    return ResolvedModel(config, fine if need_fine else None, base, from_timm, mode=mode,
+                         **extras)
 
 
-def _resolve_hub_repo(repo_id: str, need_orig: bool, need_fine: bool, pretrained: bool,
-                      revision, cache_dir, local_files_only, hint: str) -> ResolvedModel:
+def _resolve_hub_repo(repo_id: str, mode: str | None, pretrained: bool, revision, cache_dir,
+                      local_files_only, hint: str) -> ResolvedModel:
     cfg = HubFile(repo_id, CONFIG_NAME, revision)
     fine = HubFile(repo_id, WEIGHTS_NAME, revision)
     embedded = HubFile(repo_id, BASE_WEIGHTS_NAME, revision, optional=True)
+    # one request for what the mode asked for probably needs, so that offline every missing
+    # file is listed at once; config.json then says what the repo needs
     wanted = [cfg]
     if pretrained:
+        need_orig, need_fine = _needs(mode or "concat")
         wanted += [f for f, need in ((fine, need_fine), (embedded, need_orig)) if need]
     paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only, command=hint)
     config = read_config(paths[cfg])
+    mode = repo_mode(config, mode, repo_id)
     if not pretrained:
-        return ResolvedModel(config, None, None, base_from_timm=False, random=True)
-    base, from_timm = paths.get(embedded), False
+        return ResolvedModel(config, None, None, base_from_timm=False, random=True, mode=mode)
+    need_orig, need_fine = _needs(mode)
+    extras = {key: HubFile(repo_id, spec.filename, revision)
+              for key, spec in (("refine_path", config.fit3d.refine),
+                                ("decoder_path", config.fit3d.gmae))
+              if need_fine and spec is not None}
+    more = [f for f in ([fine] if need_fine else []) + list(extras.values()) if f not in paths]
+    if more:
+        paths.update(fetch(more, cache_dir=cache_dir, local_files_only=local_files_only,
+                           command=hint))
+    base, from_timm = paths.get(embedded) if need_orig else None, False
     if need_orig and base is None:
         ref = _base_ref_file(config, repo_id)
         base = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
                      command=hint)[ref]
         from_timm = True
-    refine = None
-    if need_fine and config.fit3d.refine is not None:
-        ref = HubFile(repo_id, config.fit3d.refine.filename, revision)
-        refine = fetch([ref], cache_dir=cache_dir, local_files_only=local_files_only,
-                       command=hint)[ref]
-    return ResolvedModel(config, paths.get(fine), base, from_timm, refine_path=refine)
+    return ResolvedModel(config, paths.get(fine) if need_fine else None, base, from_timm,
+                         mode=mode, **{key: paths[f] for key, f in extras.items()})
 
 
-def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = None) -> FiT3D:
-    """Instantiate both backbones from a resolved model and load their weights strictly."""
-    config, block = resolved.config, resolved.config.fit3d
+def build(resolved: ResolvedModel, *, pad: str | None = None) -> FiT3D:
+    """Instantiate the backbones ``resolved.mode`` needs and load their weights strictly."""
+    config, block, mode = resolved.config, resolved.config.fit3d, resolved.mode
 
     def backbone(path: Path | None, from_timm: bool, convert=None) -> torch.nn.Module:
         return load_vit(config.architecture, config.model_args, config.pretrained_cfg or None,
@@ -190,8 +234,14 @@ def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = No
         refine = (load_refine(resolved.refine_path, block.refine, int(finetuned.embed_dim))
                   if resolved.refine_path is not None
                   else refine_conv(int(finetuned.embed_dim), block.refine.kernel_size))
+    decoder = None
+    if finetuned is not None and block.gmae is not None:
+        decoder = build_decoder(block.gmae, finetuned)
+        if resolved.decoder_path is not None:
+            load_strict(decoder, read_state_dict(resolved.decoder_path),
+                        str(resolved.decoder_path))
     model = FiT3D(original, finetuned, mode=mode, pad=pad, layer=block.layer, norm=block.norm,
-                  refine=refine)
+                  refine=refine, decoder=decoder)
     model.fit3d_block = replace(block)
     if resolved.random:
         # Random weights have no hub source that a saved repo could point at.
@@ -203,7 +253,7 @@ def build(resolved: ResolvedModel, *, mode: str = "concat", pad: str | None = No
 def load_fit3d(
     name_or_path: str | os.PathLike,
     *,
-    mode: str = "concat",
+    mode: str | None = None,
     pretrained: bool = True,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
@@ -218,8 +268,9 @@ def load_fit3d(
         name_or_path: a registry name (``"dinov2_small"``, see :func:`list_models`; the
             authors' hubconf names such as ``"dinov2_small_fine"`` work too), a hub repo id,
             or a local directory in the repo format.
-        mode: ``"concat"``, ``"finetuned"`` or ``"original"``; the last two load and run
-            one backbone only.
+        mode: ``"concat"`` (the default for a pair), ``"finetuned"`` or ``"original"``; the
+            last two load and run one backbone only. A one-network repo (a GMAE encoder)
+            loads as ``"finetuned"``; another mode is refused.
         pretrained: ``False`` builds the architecture with random weights (no download).
         revision: branch, tag or commit of the fine-tuned weights' repo.
         cache_dir: Hugging Face cache directory (default: the hub's).
@@ -229,7 +280,7 @@ def load_fit3d(
     """
     resolved = resolve(name_or_path, mode=mode, pretrained=pretrained, revision=revision,
                        cache_dir=cache_dir, local_files_only=local_files_only)
-    model = build(resolved, mode=mode, pad=pad)
+    model = build(resolved, pad=pad)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model

@@ -53,6 +53,9 @@ class MethodSpec:
     converter: str | None = None
     """``module:function`` of the package that turns the authors' released checkpoint into
     a repo (``fit3d-hub convert --method NAME``), if they released one."""
+    branches: int = 2
+    """2: an original ViT beside its 3D-aware twin (``mode`` picks); 1: one network (a GMAE
+    encoder), no original to pair it with."""
 
 
 FIT3D_PAPER = Paper(
@@ -98,6 +101,21 @@ SND_PAPER = Paper(
            "  author    = {Shavin, David and Benaim, Sagie},\n"
            "  booktitle = {International Conference on Learning Representations (ICLR)},\n"
            "  year      = {2026}\n}",
+)
+
+GMAE_PAPER = Paper(
+    title="Gaussian Masked Autoencoders",
+    venue="arXiv 2501.03229",
+    authors="Jathushan Rajasegaran, Xinlei Chen, Rulilong Li, Christoph Feichtenhofer, "
+            "Jitendra Malik, Shiry Ginosar",
+    url="https://arxiv.org/abs/2501.03229",
+    code="https://github.com/tekotan/video-gmae",
+    bibtex="@article{rajasegaran2025gaussian,\n"
+           "  title   = {Gaussian Masked Autoencoders},\n"
+           "  author  = {Rajasegaran, Jathushan and Chen, Xinlei and Li, Rulilong and "
+           "Feichtenhofer, Christoph and Malik, Jitendra and Ginosar, Shiry},\n"
+           "  journal = {arXiv preprint arXiv:2501.03229},\n"
+           "  year    = {2025}\n}",
 )
 
 METHODS: dict[str, MethodSpec] = {
@@ -151,6 +169,26 @@ METHODS: dict[str, MethodSpec] = {
                       "renders. The released weights are the whole fine-tuned DINOv2\n"
                       "(with or without the feature blending of the training renders).",
             paper=SND_PAPER,
+        ),
+        MethodSpec(
+            name="gmae",
+            title="Gaussian Masked Autoencoder",
+            summary="an MAE whose decoder predicts k 3D Gaussians, splatted with a fixed "
+                    "camera; zero-shot depth layers, figure-ground and edges",
+            card_text="A Gaussian Masked Autoencoder pre-trains a ViT encoder by masked "
+                      "autoencoding: a ViT decoder\nreads the visible patches' tokens and k "
+                      "learnable queries and predicts one 3D Gaussian per query\n(centre, "
+                      "scale, rotation, colour, opacity), which are splatted with a fixed "
+                      "camera and trained\non the pixel error of the masked patches. The "
+                      "encoder's features serve like MAE's; the Gaussians'\ndepth gives "
+                      "layers, figure-ground masks and edges without further training. The "
+                      "decoder\nships beside the encoder (`gmae_decoder.safetensors`).",
+            paper=GMAE_PAPER,
+            train=("training.gmae",),
+            configs=("training.gmae.config:GmaeConfig",),
+            demo="demo.gmae",
+            repo_extras=("gmae_decoder",),
+            branches=1,
         ),
     )
 }

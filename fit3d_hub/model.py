@@ -100,6 +100,9 @@ class FiT3D(nn.Module):
         refine: a module applied to the fine-tuned branch's feature map (the equivariance
             method's 3x3 refine conv; ``None`` for FiT3D). ``forward_intermediates`` returns
             the blocks' own tokens, without it.
+        decoder: a module a one-branch repo ships beside its network (a GMAE encoder's
+            Gaussian decoder, for :mod:`fit3d_hub.gmae`'s zero-shot outputs); not used by
+            ``forward``.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class FiT3D(nn.Module):
         layer: int = -1,
         norm: bool = True,
         refine: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         present = [m for m in (original, finetuned) if m is not None]
@@ -135,6 +139,7 @@ class FiT3D(nn.Module):
             raise ValueError("a refine module applies to the fine-tuned branch, which this "
                              "model has not")
         self.refine = refine
+        self.decoder = decoder
         # config.json's fit3d block (save_pretrained fills in the model's own fields): where
         # the original weights come from, registry name, statistics, training provenance.
         self.fit3d_block = Fit3DBlock()
@@ -351,7 +356,8 @@ class FiT3D(nn.Module):
             raise RepoFormatError("nothing to save: this model was loaded without its "
                                   "fine-tuned backbone (mode='original')")
         return save_repo(directory, self.finetuned, self.original, self.block_to_save(),
-                         include_base=include_base, card=card, refine=self.refine)
+                         include_base=include_base, card=card, refine=self.refine,
+                         decoder=self.decoder)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Save to a temporary directory and upload it as a hub model repo; returns the commit URL.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def build_config(finetuned: nn.Module, block: Fit3DBlock) -> dict[str, Any]:
 
 def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module | None,
               block: Fit3DBlock, *, include_base: bool | None = None,
-              card: str | None = None, refine: nn.Module | None = None) -> Path:
+              card: str | None = None, refine: nn.Module | None = None,
+              decoder: nn.Module | None = None) -> Path:
     """Write a repo into ``directory``; each file is written atomically.
 
     ``include_base=None`` embeds the original weights only when ``block.base`` names no hub
@@ -69,11 +71,17 @@ def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module |
     config is whole.
     """
     directory = Path(directory)
+    one_branch = get_method(block.method).branches == 1
+    if one_branch:  # one network (a GMAE encoder): no original to embed or point at
+        if (decoder is None) != (block.gmae is None):
+            raise RepoFormatError("the fit3d block's 'gmae' record and the decoder module "
+                                  "must come together")
+        include_base, block = False, replace(block, base=None)
     embed = (block.base is None) if include_base is None else include_base
     if embed and original is None:
         raise RepoFormatError("include_base=True, but this model was loaded without its "
                               "original backbone (mode='finetuned')")
-    if not embed and block.base is None:
+    if not embed and block.base is None and not one_branch:
         raise RepoFormatError("the original weights have no hub source to point to; "
                               "save with include_base=True")
     if (refine is None) != (block.refine is None):
@@ -85,6 +93,9 @@ def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module |
                     metadata={"format": "pt", "fit3d": "finetuned"})
     if refine is not None:
         save_refine(refine, directory / block.refine.filename)
+    if decoder is not None:
+        save_state_dict(decoder.state_dict(), directory / block.gmae.filename,
+                        metadata={"format": "pt", "fit3d": "gmae_decoder"})
     if embed:
         save_state_dict(original.state_dict(), directory / BASE_WEIGHTS_NAME,
                         metadata={"format": "pt", "fit3d": "original"})
@@ -111,10 +122,15 @@ def validate_repo(directory: str | Path) -> RepoConfig:
     if "refine" in method.repo_extras and config.fit3d.refine is None:
         raise RepoFormatError(f"{directory / CONFIG_NAME}: a {method.name} repo needs "
                               "'fit3d.refine' (its refine conv)")
+    if "gmae_decoder" in method.repo_extras and config.fit3d.gmae is None:
+        raise RepoFormatError(f"{directory / CONFIG_NAME}: a {method.name} repo needs "
+                              "'fit3d.gmae' (its decoder)")
     names = [WEIGHTS_NAME] + ([BASE_WEIGHTS_NAME] if (directory / BASE_WEIGHTS_NAME).exists()
                               else [])
     if config.fit3d.refine is not None:
         names.append(config.fit3d.refine.filename)
+    if config.fit3d.gmae is not None:
+        names.append(config.fit3d.gmae.filename)
     for name in names:
         path = directory / name
         try:
@@ -125,7 +141,7 @@ def validate_repo(directory: str | Path) -> RepoConfig:
             raise RepoFormatError(f"{path}: missing; a FiT3D repo needs it") from None
         except (SafetensorError, OSError) as err:
             raise RepoFormatError(f"{path}: not a readable safetensors file: {err}") from None
-    if BASE_WEIGHTS_NAME not in names and config.base is None:
+    if BASE_WEIGHTS_NAME not in names and config.base is None and method.branches == 2:
         raise RepoFormatError(f"{directory}: has no {BASE_WEIGHTS_NAME} and config.json "
                               "'fit3d.base' is null: the original backbone cannot be found")
     return config

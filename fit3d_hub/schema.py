@@ -22,6 +22,7 @@ MODEL_TYPE = "fit3d"
 WEIGHTS_NAME = "model.safetensors"
 BASE_WEIGHTS_NAME = "base.safetensors"
 REFINE_WEIGHTS_NAME = "refine.safetensors"
+GMAE_DECODER_NAME = "gmae_decoder.safetensors"
 CARD_NAME = "README.md"
 FORMAT_VERSION = 1
 
@@ -87,6 +88,53 @@ class RefineSpec:
 
 
 @dataclass
+class GmaeSpec:
+    """A GMAE repo's decoder (``fit3d.gmae``): which one, its shape and its file, and the
+    rendering settings the zero-shot outputs need."""
+
+    decoder: str = "gaussians"
+    """``gaussians`` (GMAE) or ``pixels`` (MAE's, the baseline)."""
+    filename: str = GMAE_DECODER_NAME
+    num_gaussians: int = 256
+    dim: int = 512
+    depth: int = 8
+    heads: int = 16
+    scale_factor: float = 1.0
+    image_size: int = 224
+    mask_ratio: float = 0.75
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> GmaeSpec:
+        if not isinstance(raw, dict):
+            raise RepoFormatError(f"{where}: field 'fit3d.gmae' must be an object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise RepoFormatError(f"{where}: unknown keys in 'fit3d.gmae': {sorted(unknown)}")
+        values = {**cls().to_json(), **raw}
+        if values["decoder"] not in ("gaussians", "pixels"):
+            raise RepoFormatError(f"{where}: field 'fit3d.gmae.decoder' must be 'gaussians' or "
+                                  f"'pixels'; got {values['decoder']!r}")
+        for key in ("num_gaussians", "dim", "depth", "heads", "image_size"):
+            v = values[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise RepoFormatError(f"{where}: field 'fit3d.gmae.{key}' must be a positive "
+                                      f"int; got {v!r}")
+        for key in ("scale_factor", "mask_ratio"):
+            if not isinstance(values[key], (int, float)) or not values[key] > 0:
+                raise RepoFormatError(f"{where}: field 'fit3d.gmae.{key}' must be a positive "
+                                      f"number; got {values[key]!r}")
+        name = values["filename"]
+        if not isinstance(name, str) or not name.endswith(".safetensors") or "/" in name:
+            raise RepoFormatError(f"{where}: field 'fit3d.gmae.filename' must name a "
+                                  f".safetensors file in the repo; got {name!r}")
+        return cls(**values)
+
+
+@dataclass
 class Fit3DBlock:
     """config.json's ``fit3d`` block: what to pair the weights with and how to read them."""
 
@@ -101,6 +149,8 @@ class Fit3DBlock:
     :data:`fit3d_hub.methods.METHODS`)."""
     refine: RefineSpec | None = None
     """A conv the fine-tuned branch's final feature map goes through (equivariance method)."""
+    gmae: GmaeSpec | None = None
+    """The decoder of a GMAE repo (one branch: the encoder)."""
     layer: int = -1
     """Block whose tokens are the features (-1: the last)."""
     norm: bool = True
@@ -120,6 +170,7 @@ class Fit3DBlock:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["base"] = self.base.to_json() if self.base else None
         out["refine"] = self.refine.to_json() if self.refine else None
+        out["gmae"] = self.gmae.to_json() if self.gmae else None
         for key in ("mean", "std"):
             out[key] = list(out[key]) if out[key] is not None else None
         return {**out, **self.extra}
@@ -152,6 +203,8 @@ class Fit3DBlock:
             values["base"] = BaseRef.from_json(raw["base"], where)
         if raw.get("refine") is not None:
             values["refine"] = RefineSpec.from_json(raw["refine"], where)
+        if raw.get("gmae") is not None:
+            values["gmae"] = GmaeSpec.from_json(raw["gmae"], where)
         if values.get("method", DEFAULT_METHOD) not in METHODS:
             raise RepoFormatError(f"{where}: field 'fit3d.method' is {values['method']!r}; this "
                                   f"fit3d-hub knows {', '.join(METHODS)} (upgrade fit3d-hub?)")

@@ -433,3 +433,26 @@ def test_quat_to_rotmat_is_gsplats_own():
     impl = pytest.importorskip("gsplat.cuda._torch_impl")
     quats = torch.randn(1000, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(quat_to_rotmat(quats), impl._quat_to_rotmat(quats))
+
+
+def test_orthographic_camera_is_gsplats_ortho():
+    """gsplat's ``camera_model="ortho"``: a Gaussian lands at ``fx x + cx`` with a footprint
+    of ``fx s`` (plus the 0.3 px^2 blur), whatever its depth (GMAE's camera)."""
+    w = h = 24
+    Ks = torch.tensor([[[12.0, 0, 12.0], [0, 12.0, 12.0], [0, 0, 1]]])
+    quats = torch.tensor([[1.0, 0, 0, 0]])
+    scales = torch.full((1, 3), 0.15)
+    opac, colors = torch.tensor([0.9]), torch.ones(1, 3)
+    renders = []
+    for z in (5.0, 9.0):
+        means = torch.tensor([[0.25, -0.5, z]])
+        _, alpha, meta = rasterization(means, quats, scales, opac, colors, torch.eye(4)[None],
+                                       Ks, w, h, camera_model="ortho")
+        renders.append(alpha[0, ..., 0])
+        torch.testing.assert_close(meta["means2d"][0, 0], torch.tensor([15.0, 6.0]))
+    torch.testing.assert_close(renders[0], renders[1])
+    var = (12 * 0.15) ** 2 + 0.3
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    expected = 0.9 * torch.exp(-0.5 * ((xs - 15) ** 2 + (ys - 6) ** 2) / var)
+    expected = torch.where(expected >= 1 / 255, expected, torch.zeros_like(expected))
+    torch.testing.assert_close(renders[0], expected, rtol=1e-4, atol=1e-4)

@@ -43,8 +43,10 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
 def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
             viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
             eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10,
-            radius_clip: float = 0.0) -> dict[str, torch.Tensor]:
-    """EWA projection of N Gaussians into C cameras.
+            radius_clip: float = 0.0, camera_model: str = "pinhole"
+            ) -> dict[str, torch.Tensor]:
+    """EWA projection of N Gaussians into C cameras (gsplat's ``pinhole`` or ``ortho``:
+    ``u = fx x + cx`` whatever the depth, as gsplat's ``_ortho_proj``).
 
     Returns ``means2d`` (C, N, 2), ``conics`` (C, N, 3) (upper triangle of the inverse 2D
     covariance), ``depths`` (C, N) and ``radii`` (C, N, 2) int32, zero for culled Gaussians.
@@ -67,8 +69,12 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     jy = safe_z * torch.clamp(ty / safe_z, min=-(cy / fy + 0.3 * tan_y),
                               max=(height - cy) / fy + 0.3 * tan_y)
     zeros = torch.zeros_like(tz)
-    jac = torch.stack([fx / safe_z, zeros, -fx * jx / safe_z**2,
-                       zeros, fy / safe_z, -fy * jy / safe_z**2], -1).reshape(*tz.shape, 2, 3)
+    if camera_model == "ortho":
+        jac = torch.stack([fx.expand_as(tz), zeros, zeros, zeros, fy.expand_as(tz), zeros],
+                          -1).reshape(*tz.shape, 2, 3)
+    else:
+        jac = torch.stack([fx / safe_z, zeros, -fx * jx / safe_z**2,
+                           zeros, fy / safe_z, -fy * jy / safe_z**2], -1).reshape(*tz.shape, 2, 3)
     cov2d = jac @ cov_c @ jac.transpose(-1, -2)
     a = cov2d[..., 0, 0] + eps2d
     b = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
@@ -78,7 +84,10 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     # gsplat's antialiased mode scales opacity by this (the blur's energy compensation)
     compensations = torch.sqrt(torch.clamp_min(det_blur / det, 0.0))
     conics = torch.stack([c / det, -b / det, a / det], -1)
-    means2d = torch.stack([fx * tx / safe_z + cx, fy * ty / safe_z + cy], -1)
+    if camera_model == "ortho":
+        means2d = torch.stack([fx * tx + cx, fy * ty + cy], -1)
+    else:
+        means2d = torch.stack([fx * tx / safe_z + cx, fy * ty / safe_z + cy], -1)
     with torch.no_grad():
         radii = torch.stack([torch.ceil(RADIUS_SIGMAS * a.sqrt()),
                              torch.ceil(RADIUS_SIGMAS * c.sqrt())], -1)
@@ -104,12 +113,13 @@ def _colors(means: torch.Tensor, colors: torch.Tensor, viewmats: torch.Tensor,
     return colors if colors.dim() == 3 else colors[None].expand(n_cams, *colors.shape)
 
 
-UNSUPPORTED = {"distributed": False, "camera_model": "pinhole", "segmented": False,
+CAMERA_MODELS = ("pinhole", "ortho")
+UNSUPPORTED = {"distributed": False, "segmented": False,
                "covars": None, "with_ut": False, "with_eval3d": False, "radial_coeffs": None,
                "tangential_coeffs": None, "thin_prism_coeffs": None, "ftheta_coeffs": None,
                "viewmats_rs": None}
 """gsplat arguments this backend accepts only at their defaults (it renders undistorted
-pinhole cameras on one device)."""
+pinhole or orthographic cameras on one device)."""
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
@@ -136,7 +146,7 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
                   backgrounds: torch.Tensor | None = None, render_mode: str = "RGB",
                   sparse_grad: bool = False, absgrad: bool = False,
                   rasterize_mode: str = "classic", channel_chunk: int = 32,
-                  memory_budget: int | None = None, **options,
+                  camera_model: str = "pinhole", memory_budget: int | None = None, **options,
                   ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``gsplat.rasterization`` in PyTorch: the same arguments, the same returns.
 
@@ -153,6 +163,9 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     zeros (alpha 0).
     """
     _check_supported(options)
+    if camera_model not in CAMERA_MODELS:
+        raise ValueError(f"camera_model={camera_model!r}: the PyTorch rasterizer renders "
+                         f"{' and '.join(CAMERA_MODELS)} cameras (gsplat on CUDA the rest)")
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {', '.join(RENDER_MODES)}; "
                          f"got {render_mode!r}")
@@ -163,7 +176,7 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         sh_degree=sh_degree, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
         radius_clip=radius_clip, antialiased=rasterize_mode == "antialiased",
-        depth=render_mode != "RGB", memory_budget=memory_budget)
+        depth=render_mode != "RGB", memory_budget=memory_budget, camera_model=camera_model)
     if render_mode != "RGB":
         depth = renders[..., -1:]
         if render_mode.endswith("ED"):
@@ -202,11 +215,12 @@ def _render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
             Ks: torch.Tensor, width: int, height: int, sh_degree: int | None = None,
             eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10,
             radius_clip: float = 0.0, antialiased: bool = False, depth: bool = False,
-            detached_features: torch.Tensor | None = None, memory_budget: int | None = None):
+            detached_features: torch.Tensor | None = None, memory_budget: int | None = None,
+            camera_model: str = "pinhole"):
     """Project, sort and composite; with ``detached_features`` also their render (4-tuple)."""
     check_inputs(means, quats, scales, opacities, viewmats, Ks, width, height)
     proj = project(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane,
-                   far_plane, radius_clip)
+                   far_plane, radius_clip, camera_model)
     n_cams, n = viewmats.shape[0], means.shape[0]
     values = _colors(means, colors, viewmats, sh_degree)
     if depth:

@@ -14,6 +14,7 @@ from torch import nn
 from fit3d_hub import FiT3D
 from fit3d_hub.atomic import write_text_atomic
 from fit3d_hub.methods import get_method
+from fit3d_hub.schema import Fit3DBlock
 
 SUMMARY_NAME = "training_summary.json"
 
@@ -37,15 +38,23 @@ def write_summary(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def export_repo(output: Path, teacher: FiT3D, finetuned: nn.Module, *, method: str,
+def export_repo(output: Path, teacher: FiT3D | None, finetuned: nn.Module, *, method: str,
                 training: dict, summary: dict, refine: nn.Module | None = None,
+                decoder: nn.Module | None = None, block: Fit3DBlock | None = None,
                 log: Callable[[str], None] = print) -> FiT3D:
     """Write ``output`` as a repo: ``teacher``'s original branch beside ``finetuned`` (and
-    ``refine``), ``fit3d.method``/``fit3d.training`` recorded, plus ``training_summary.json``
-    (``summary`` with the run's config and scenes). Call on the main process only."""
-    model = FiT3D(teacher.original, finetuned.eval().float(),
-                  refine=refine.eval().float() if refine is not None else None)
-    model.fit3d_block = replace(teacher.fit3d_block, method=method, training=training)
+    ``refine``), or, without a teacher, ``finetuned`` alone with its ``decoder`` (a GMAE
+    encoder; ``block`` describes it); ``fit3d.method``/``fit3d.training`` recorded, plus
+    ``training_summary.json`` (``summary`` with the run's config). Call on the main process
+    only."""
+    extra = {"refine": refine.eval().float() if refine is not None else None,
+             "decoder": decoder.eval().float() if decoder is not None else None}
+    if teacher is None:
+        model = FiT3D(None, finetuned.eval().float(), mode="finetuned", **extra)
+        model.fit3d_block = replace(block, method=method, training=training)
+    else:
+        model = FiT3D(teacher.original, finetuned.eval().float(), **extra)
+        model.fit3d_block = replace(teacher.fit3d_block, method=method, training=training)
     model.save_pretrained(output)
     write_summary(output / SUMMARY_NAME, summary)
     log(f"wrote {output} ({summary['steps']} steps, final loss "

@@ -1,0 +1,5 @@
+import sys
+
+from training.gmae.cli import main
+
+sys.exit(main())
