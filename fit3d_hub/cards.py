@@ -86,14 +86,16 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         library_name="fit3d-hub",
         pipeline_tag="image-feature-extraction",
         license=license_,
-        base_model=f"timm/{base_model}" if base_model else None,
+        base_model=f"timm/{base_model}" if base_model and method.branches == 2 else None,
         datasets=meta["datasets"] if fit3d_release else (training.get("datasets") or None),
         tags=["fit3d", "timm", "vision-transformer", "3d-aware", "feature-extraction"]
         + ([] if fit3d.method == "fit3d" else [fit3d.method]),
         model_name=model_name,
         eval_results=evals or None,
     )
-    if base:
+    if method.branches == 1:
+        base_line = "none: the encoder is trained from scratch"
+    elif base:
         base_line = f"`{base.repo_id}` (`{base.filename}`)"
     else:
         base_line = "embedded in this repo (`base.safetensors`)"
@@ -119,6 +121,7 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         method_name=method.title,
         method_text=method.card_text,
         refined=fit3d.refine is not None,
+        one_branch=method.branches == 1,
         display_name=display,
         load_id=repo_id or name or "<repo id or directory>",
         architecture=config.architecture,

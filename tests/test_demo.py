@@ -64,3 +64,18 @@ def test_equivariance_demo_runs_offline_and_improves_matching(tmp_path):
     assert rows["concat"][ape] < rows["original"][ape]
     assert rows["concat"][pcdp_02] > rows["original"][pcdp_02]
     assert (tmp_path / "demo" / "model" / "refine.safetensors").is_file()
+
+
+def test_gmae_demo_compares_with_pixel_mae_and_draws_the_layers(tmp_path):
+    from demo.gmae import Settings, quick, run
+
+    out = run(tmp_path / "demo", quick(Settings(train_scenes=1, views=8)), log=lambda _: None)
+    rows = out["results"]
+    assert set(rows) == {"GMAE", "pixel-MAE", "Sobel on the image", "random encoder"}
+    for name in ("GMAE", "pixel-MAE"):
+        assert 0 < rows[name]["masked PSNR (dB)"] < 60
+        assert 0 <= rows[name]["edge ODS"] <= 1
+        assert 0 <= rows[name]["patch-label probe acc"] <= 1
+    with Image.open(out["pictures"]) as img:
+        assert img.width > 7 * 96
+    assert (tmp_path / "demo" / "gmae" / "gmae_decoder.safetensors").is_file()

@@ -216,3 +216,15 @@ def test_layers_command_writes_the_panels(images, tmp_path, capsys):
         assert img.height >= 40 and img.width > 7 * 40
     assert cli(["layers", str(picture), "--model", str(tmp_path / "m"), "--output",
                 str(tmp_path / "x.png"), "--layers", "0"]) == 2
+
+
+def test_a_gmae_repo_gets_its_own_card(images, tmp_path):
+    from fit3d_hub.cards import render_card
+    from fit3d_hub.schema import CONFIG_NAME, read_config
+
+    assert main(["--images", str(images), "--output", str(tmp_path / "m"), "--epochs", "1",
+                 *TINY]) == 0
+    card = render_card(read_config(tmp_path / "m" / CONFIG_NAME))
+    assert "Gaussian Masked Autoencoder" in card and "arXiv 2501.03229" in card
+    assert "gmae_decoder.safetensors" in card and "[original | fine-tuned]" not in card
+    assert "base_model:" not in card.split("---")[1]  # trained from scratch

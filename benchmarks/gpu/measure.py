@@ -14,6 +14,8 @@ Steps (``benchmarks/gpu/run.sh`` runs them all, each under its own time limit):
   bf16, batch 2) split into render / forward-backward / optimiser; projected 140,451-view
   epoch;
 - ``equivariance``: one step of the equivariance method at its 1120 px input;
+- ``gmae``: a GMAE step (ViT-B/16, 224 px, k = 256) beside pixel-MAE's, and the forward
+  splatting's share of it (the paper: 1.5%);
 - ``inference``: FiT3D's concat forward against two bare timm forwards (bf16, eager and
   ``torch.compile``), images per second and peak memory at 518x518 for DINOv2-S and
   ViT-B/16.
@@ -308,6 +310,29 @@ def equivariance(dry_run: bool) -> dict:
             "projected_10000_steps_min": 10_000 * seconds / 60}
 
 
+# GMAE ---------------------------------------------------------------------------------------
+
+def gmae(dry_run: bool) -> dict:
+    """A GMAE step (MAE's ViT-B/16 at 224, k = 256, the authors' decoder) beside pixel-MAE's,
+    and the forward splatting's share (the paper: 1.5%)."""
+    from gmae import step_time
+
+    from training.gmae.config import GmaeConfig
+
+    device = _device(dry_run)
+    sizes = {"architecture": "vit_small_patch16_224", "embed_dim": 32, "depth": 1,
+             "num_heads": 2, "patch_size": 8, "image_size": 16, "decoder_dim": 16,
+             "decoder_depth": 1, "decoder_heads": 2, "num_gaussians": 16} if dry_run else \
+        {"architecture": "vit_base_patch16_224", "image_size": 224}
+    batch, repeats = (2, 1) if dry_run else (32, 5)
+    pixel, _ = step_time(GmaeConfig(decoder="pixels", **sizes), device, batch, repeats)
+    gauss, render_s = step_time(GmaeConfig(decoder="gaussians", **sizes), device, batch,
+                                repeats)
+    return {"batch": batch, "pixel_mae_step_ms": 1000 * pixel, "gmae_step_ms": 1000 * gauss,
+            "gmae_over_mae": gauss / pixel, "splatting_forward_ms": 1000 * render_s,
+            "splatting_share": render_s / gauss, "paper_share": 0.015}
+
+
 # inference --------------------------------------------------------------------------------
 
 def _forward(model, x: torch.Tensor, which: str) -> None:
@@ -350,7 +375,7 @@ def inference(dry_run: bool) -> dict:
 
 
 STEPS = {"parity": parity, "rasterizer": rasterizer, "stage1": stage1, "stage2": stage2,
-         "equivariance": equivariance, "inference": inference}
+         "equivariance": equivariance, "gmae": gmae, "inference": inference}
 
 
 def main() -> int:

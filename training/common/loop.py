@@ -95,6 +95,20 @@ class BackboneRun:
         checkpoints = Checkpointer(Path(directory), settings, may_change, keep, accelerator)
         return cls(accelerator, model, optimizer, checkpoints, save_every)
 
+    @classmethod
+    def start(cls, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+              directory: Path, settings: dict, may_change: tuple[str, ...], keep: int,
+              save_every: int, resume: bool) -> BackboneRun:
+        """Prepare ``model`` and ``optimizer`` with Accelerate and, with ``resume``, continue
+        from the newest checkpoint (use ``run.model`` and ``run.optimizer`` after)."""
+        model, optimizer = accelerator.prepare(model, optimizer)
+        run = cls.create(accelerator, model, optimizer, directory=directory, settings=settings,
+                         may_change=may_change, keep=keep, save_every=save_every)
+        if resume and run.resume():
+            # Accelerate decides when gradients sync from its own micro-step counter.
+            accelerator.step = run.state.micro
+        return run
+
     def _shared(self) -> dict:
         return {"model": ModuleState(self.accelerator.unwrap_model(self.model)),
                 "optimizer": OptimizerState(self.optimizer),

@@ -107,13 +107,11 @@ def train(accelerator, net: nn.Module, scenes: list[TrainingScene], config: Equi
     torch.manual_seed(config.seed)
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(net, optimizer)
-    run = BackboneRun.create(accelerator, model, optimizer, directory=checkpoint_dir,
-                             settings=settings, may_change=MAY_CHANGE,
-                             keep=config.keep_checkpoints, save_every=config.save_every)
-    state = run.state
-    if resume:
-        run.resume()
+    run = BackboneRun.start(accelerator, net, optimizer, directory=checkpoint_dir,
+                            settings=settings, may_change=MAY_CHANGE,
+                            keep=config.keep_checkpoints, save_every=config.save_every,
+                            resume=resume)
+    model, optimizer, state = run.model, run.optimizer, run.state
     device = accelerator.device
     model.train()
     start, done, last_loss = time.perf_counter(), 0, math.nan

@@ -57,13 +57,11 @@ def train(accelerator, model: nn.Module, images: TrainingImages, config: GmaeCon
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.base_lr,
                                   betas=(0.9, 0.95))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    run = BackboneRun.create(accelerator, model, optimizer, directory=checkpoint_dir,
-                             settings=settings, may_change=MAY_CHANGE,
-                             keep=config.keep_checkpoints, save_every=config.save_every)
-    state = run.state
-    if resume and run.resume():
-        accelerator.step = state.micro
+    run = BackboneRun.start(accelerator, model, optimizer, directory=checkpoint_dir,
+                            settings=settings, may_change=MAY_CHANGE,
+                            keep=config.keep_checkpoints, save_every=config.save_every,
+                            resume=resume)
+    model, optimizer, state = run.model, run.optimizer, run.state
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = len(epoch_batches(len(images), 0, seed=config.seed,
                                   batch_size=config.batch_size, rank=0, world=world))

@@ -75,14 +75,11 @@ def finetune(accelerator, vit: nn.Module, store: LiftedStore, config: FinetuneCo
     model = PatchFeatures(vit)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    run = BackboneRun.create(accelerator, model, optimizer, directory=checkpoint_dir,
-                             settings=settings, may_change=MAY_CHANGE,
-                             keep=config.keep_checkpoints, save_every=config.save_every)
-    state = run.state
-    if resume and run.resume():
-        # Accelerate decides when gradients sync from its own micro-step counter.
-        accelerator.step = state.micro
+    run = BackboneRun.start(accelerator, model, optimizer, directory=checkpoint_dir,
+                            settings=settings, may_change=MAY_CHANGE,
+                            keep=config.keep_checkpoints, save_every=config.save_every,
+                            resume=resume)
+    model, optimizer, state = run.model, run.optimizer, run.state
     per_micro = config.batch_size * accelerator.num_processes
     train_views = store.training_views()
     micro_per_epoch = len(epoch_order(train_views, 0, config.seed)) // per_micro
