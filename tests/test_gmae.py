@@ -4,6 +4,7 @@ decoder) and the zero-shot outputs."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -132,6 +133,18 @@ def test_pixel_decoder_baseline_trains_the_same_encoder(images, tmp_path):
         image_gaussians(model, torch.randn(1, 3, 16, 16))
 
 
+def test_bf16_with_gradient_accumulation_trains_and_exports_fp32(images, tmp_path):
+    assert main(["--images", str(images), "--output", str(tmp_path / "bf16"), "--epochs", "2",
+                 "--mixed-precision", "bf16", "--grad-accum", "3", *TINY]) == 0
+    summary = json.loads((tmp_path / "bf16" / "training_summary.json").read_text())
+    # 6 images, batches of 2: 3 micro-batches per epoch, one optimizer step per 3
+    assert (summary["micro_batches"], summary["steps"]) == (6, 2)
+    assert math.isfinite(summary["final_loss"])
+    model = load_fit3d(tmp_path / "bf16")
+    assert all(v.dtype == torch.float32 and bool(v.isfinite().all())
+               for v in model.state_dict().values())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--num-gaussians", "0"], "--num-gaussians must be >= 1"),
     (["--mask-ratio", "1.0"], "--mask-ratio must be in (0, 1)"),
@@ -179,6 +192,32 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, capsys):
                  "--max-pixels", "1000000", *TINY])
     err = capsys.readouterr().err
     assert code == 1 and "big.png: 4000x4000 pixels is over --max-pixels 1000000" in err
+
+
+def test_a_hugging_face_dataset_trains_like_the_same_folder(images, tmp_path, capsys):
+    pytest.importorskip("datasets", reason="the hf: source needs the 'datasets' package")
+    flat = tmp_path / "flat"  # an imagefolder dataset: one folder of images
+    flat.mkdir()
+    for path in sorted(images.rglob("*.png")):
+        shutil.copy(path, flat / path.name)
+    cache = ["--cache-dir", str(tmp_path / "hf-cache")]
+    assert main(["--images", str(flat), "--output", str(tmp_path / "folder"), "--epochs", "1",
+                 *TINY]) == 0
+    assert main(["--images", f"hf:{flat}:train", "--output", str(tmp_path / "hf"),
+                 "--epochs", "1", *cache, *TINY]) == 0
+    a, b = load_fit3d(tmp_path / "folder"), load_fit3d(tmp_path / "hf")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    # rows pass the same size check as files, before their pixels are decoded
+    Image.new("RGB", (4000, 4000)).save(flat / "big.png")
+    code = main(["--images", f"hf:{flat}", "--output", str(tmp_path / "o"), "--epochs", "1",
+                 "--max-pixels", "1000000", *cache, *TINY])
+    err = capsys.readouterr().err
+    assert code == 1 and "big.png): 4000x4000 pixels is over --max-pixels 1000000" in err
+    code = main(["--images", f"hf:{tmp_path / 'nowhere'}", "--output", str(tmp_path / "o"),
+                 "--epochs", "1", *cache, *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and f"error: hf:{tmp_path / 'nowhere'}: FileNotFoundError" in err[-1]
 
 
 def test_nan_loss_stops_with_one_line(images, tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ before it is decoded.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,14 +97,18 @@ class TrainingImages(torch.utils.data.Dataset):
 
     def _open(self, index: int) -> Image.Image:
         item = self.source[index]
-        if not isinstance(item, Path):  # a Hugging Face dataset row
-            image, where = item["image"], f"dataset row {index}"
-        else:
-            where = str(item)
-            try:
-                image = Image.open(item)
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-                raise ImageDataError(f"{where}: not a readable image ({err})") from None
+        if isinstance(item, Path):
+            where, opened = str(item), item
+        else:  # a Hugging Face dataset row, undecoded: {"bytes", "path"}
+            cell = item["image"]
+            where = f"dataset row {index}" + (f" ({cell['path']})" if cell.get("path") else "")
+            opened = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell.get("path")
+            if opened is None:
+                raise ImageDataError(f"{where}: the row holds neither bytes nor a path")
+        try:
+            image = Image.open(opened)  # reads the header only; pixels wait for convert()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise ImageDataError(f"{where}: not a readable image ({err})") from None
         if image.width * image.height > self.max_pixels:
             raise ImageDataError(f"{where}: {image.width}x{image.height} pixels is over "
                                  f"--max-pixels {self.max_pixels}; not decoded")
@@ -147,7 +152,8 @@ def hf_images(spec: str, cache_dir: str | None) -> object:
         raise ImageDataError(f"{spec}: {type(err).__name__}: {err}") from None
     if "image" not in data.column_names:
         raise ImageDataError(f"{spec}: no 'image' column (columns: {data.column_names})")
-    return data
+    # Undecoded, so each row passes the same size checks as a file before its pixels exist.
+    return data.cast_column("image", datasets.Image(decode=False))
 
 
 def epoch_batches(count: int, epoch: int, *, seed: int, batch_size: int, rank: int,
