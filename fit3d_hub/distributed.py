@@ -33,6 +33,11 @@ def accelerator_session(**kwargs: Any) -> Iterator[Any]:
         if finished:
             accelerator.wait_for_everyone()
         accelerator.end_training()
+        # Accelerate keeps its state (mixed precision among it) process-wide: forget it, so
+        # that a later run in this process (a notebook, a test) may choose other settings.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
 
 
 def finite_everywhere(accelerator: Any, value: torch.Tensor) -> bool:

@@ -354,3 +354,12 @@ def test_full_disk_keeps_the_old_output_and_is_one_line(work, tmp_path, kind):
     assert "could not write" in line and "File too large" in line, line
     assert target.read_bytes() == old
     assert not [p for p in tmp_path.rglob("*.tmp-*")], "a temporary was left behind"
+
+
+def test_one_process_may_run_sessions_of_different_precision():
+    from fit3d_hub.distributed import accelerator_session
+
+    # a notebook (or this test run) trains in fp32, then in bf16, then in fp32 again
+    for precision in ("no", "bf16", "no"):
+        with accelerator_session(mixed_precision=precision) as accelerator:
+            assert accelerator.mixed_precision == precision
