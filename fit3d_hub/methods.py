@@ -56,6 +56,15 @@ class MethodSpec:
     branches: int = 2
     """2: an original ViT beside its 3D-aware twin (``mode`` picks); 1: one network (a GMAE
     encoder), no original to pair it with."""
+    folder: str | None = None
+    """The method folder under ``training/`` its code lives in, when it is a variant of
+    another method that shares that folder's parts (feed-forward lifting replaces FiT3D's
+    Stage 1 and writes its lifted files: ``"fit3d"``); None: its own, ``training/<name>``."""
+
+    @property
+    def training_folder(self) -> str:
+        """``training.<folder>``: where the method's training modules live."""
+        return f"training.{self.folder or self.name}"
 
 
 FIT3D_PAPER = Paper(
@@ -169,6 +178,25 @@ METHODS: dict[str, MethodSpec] = {
                       "renders. The released weights are the whole fine-tuned DINOv2\n"
                       "(with or without the feature blending of the training renders).",
             paper=SND_PAPER,
+        ),
+        MethodSpec(
+            name="feedforward",
+            title="feed-forward lifting",
+            summary="a lifter trained across scenes maps posed views to feature Gaussians in "
+                    "one forward pass (LSM); Stage 2 fine-tunes on their renders (SnD)",
+            card_text="The backbone was fine-tuned as in FiT3D's Stage 2, on features rendered "
+                      "from feature Gaussians\nthat a feed-forward lifter predicted for each "
+                      "scene in one forward pass (the Large Spatial\nModel's step, as "
+                      "Splat-and-Distill uses it) instead of optimising them per scene. The\n"
+                      "lifter learns geometry from RGB and features from the teacher's features "
+                      "at target views.\nConcatenating original and fine-tuned features keeps "
+                      "the original's generality.",
+            paper=SND_PAPER,
+            train=("training.fit3d.feedforward", "training.fit3d.finetune"),
+            configs=("training.fit3d.feedforward.config:FeedForwardConfig",
+                     "training.fit3d.finetune.config:FinetuneConfig"),
+            demo="demo.feedforward",
+            folder="fit3d",
         ),
         MethodSpec(
             name="gmae",

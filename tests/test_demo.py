@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -79,3 +80,19 @@ def test_gmae_demo_compares_with_pixel_mae_and_draws_the_layers(tmp_path):
     with Image.open(out["pictures"]) as img:
         assert img.width > 7 * 96
     assert (tmp_path / "demo" / "gmae" / "gmae_decoder.safetensors").is_file()
+
+
+def test_feedforward_demo_lifts_a_held_out_scene_and_fine_tunes_on_it(tmp_path):
+    from demo.feedforward import Settings, quick, run
+
+    out = run(tmp_path / "demo", quick(Settings(scenes=2, views=8)), log=lambda _: None)
+    rows = out["lifting"]
+    assert len(rows) == 3 and next(iter(rows)) == "feed-forward (one pass)"
+    for row in rows.values():
+        assert row["seconds"] > 0 and 0 < row["psnr"] < 60 and row["relative_l1"] > 0
+    assert list(out["held_out"]) == ["scene_001"]  # the lifter never trained on it
+    assert set(out["consistency"]) == {"original", "finetuned"}
+    config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
+    assert config["fit3d"]["training"]["lifters"] == {"scene_001": "feedforward"}
+    with Image.open(out["picture"]) as img:
+        assert img.width > 8 * 100  # 3 views x 3 lifters

@@ -196,7 +196,10 @@ def test_a_lifted_file_written_before_the_typed_record_still_loads(lifted, tmp_p
     assert (meta.scene, meta.views, meta.image_size, meta.downscale) == \
         ("scene_000", 16, (64, 48), 2.0)
     assert meta.training_views == [1, 2, 3] and meta.metrics == {"psnr": 20.5}
-    assert meta.to_json() == {"format_version": 1, **old, "downscale": 2.0}
+    # files older than the lifter field were all made by Stage 1
+    assert meta.lifter == "stage1" and meta.lifter_model is None
+    assert meta.to_json() == {"format_version": 1, **old, "downscale": 2.0,
+                              "lifter": "stage1", "lifter_model": None}
     oldest = {k: old[k] for k in ("scene", "views", "image_size")}
     write(oldest)
     meta = read_meta(path)

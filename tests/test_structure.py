@@ -89,11 +89,11 @@ def test_the_registry_names_existing_code_in_the_right_places():
         fields = demo.Settings.__dataclass_fields__
         assert {"backbone", "seed"} <= set(fields)
         for module in spec.train:
-            assert module.startswith(f"training.{spec.name}"), module
+            assert module.startswith(spec.training_folder), module
             assert (ROOT / module.replace(".", "/") / "__main__.py").is_file(), module
         for target in spec.configs:
             module, _, cls = target.partition(":")
-            assert module.startswith(f"training.{spec.name}.")
+            assert module.startswith(f"{spec.training_folder}.")
             assert hasattr(importlib.import_module(module), cls), target
         if spec.converter:
             module, _, func = spec.converter.partition(":")

@@ -68,12 +68,17 @@ def _run(accelerator, lifted: str | Path, backbone: str, output: Path, config: F
                                      "mixed_precision": mixed_precision})
     finally:
         bar.close()
+    lifters = {r.name: r.meta.lifter for r in records}
+    # targets all from a feed-forward lifter: Splat-and-Distill's recipe, recorded as such
+    method = "feedforward" if set(lifters.values()) == {"feedforward"} else "fit3d"
     if accelerator.is_main_process:
-        training = provenance(COMMAND, method="fit3d", backbone=backbone, scenes=store.names,
+        training = provenance(COMMAND, method=method, backbone=backbone, scenes=store.names,
                               views=int(sum(store.views)), summary=summary,
                               hyperparameters=config.to_json(),
                               mixed_precision=mixed_precision)
-        export_repo(output, teacher, accelerator.unwrap_model(vit), method="fit3d",
+        training["lifters"] = lifters
+        export_repo(output, teacher, accelerator.unwrap_model(vit), method=method,
                     training=training, log=log,
-                    summary={**summary, "config": config.to_json(), "scenes": store.names})
+                    summary={**summary, "config": config.to_json(), "scenes": store.names,
+                             "lifters": lifters})
     return summary

@@ -61,6 +61,11 @@ class LiftedMeta:
     config: dict[str, Any] = field(default_factory=dict)
     """The :class:`~training.fit3d.lift.config.LiftConfig` it was lifted with."""
     versions: dict[str, str] = field(default_factory=dict)
+    lifter: str = "stage1"
+    """What made the Gaussians: ``stage1`` (per-scene optimisation, also files older than
+    this field) or ``feedforward`` (a trained lifter, ``training.fit3d.feedforward``)."""
+    lifter_model: str | None = None
+    """The feed-forward lifter's folder (absolute), when ``lifter`` is ``feedforward``."""
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know, kept for a round trip."""

@@ -1,0 +1,5 @@
+import sys
+
+from training.fit3d.feedforward.cli import main
+
+sys.exit(main())
