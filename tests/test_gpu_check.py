@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("gpu-tests", "parity", "rasterizer", "stage1", "stage2", "equivariance", "gmae",
-         "inference")
+         "feedforward", "inference")
 
 
 def test_dry_run_runs_every_step_and_writes_the_figures(tmp_path):

@@ -333,6 +333,73 @@ def gmae(dry_run: bool) -> dict:
             "splatting_share": render_s / gauss, "paper_share": 0.015}
 
 
+# feed-forward lifting ------------------------------------------------------------------------
+
+def feedforward(dry_run: bool) -> dict:
+    """The feed-forward lifter at ScanNet++'s size (876x584, 2 context views, 384-d teacher):
+    one lifting pass and one training step (lift, render a target, both losses, backward),
+    for sensor and predicted depth; Stage 1's ``stage1`` step gives the per-scene
+    optimisation it replaces."""
+    from fit3d_hub.render.backends import resolve_backend
+    from training.fit3d.feedforward.model import ContextViews, LifterShape
+
+    device = _device(dry_run)
+    width, height, dim = (64, 48, 32) if dry_run else (876, 584, 384)
+    backend = resolve_backend("torch" if dry_run else "gsplat")
+    n = 3  # 2 context views + 1 target
+
+    def views(count: int) -> ContextViews:
+        g = torch.Generator().manual_seed(count)
+        w2c = torch.eye(4).repeat(count, 1, 1)
+        w2c[:, 0, 3] = torch.linspace(-0.2, 0.2, count)
+        K = torch.tensor([[width * 0.8, 0, width / 2], [0, width * 0.8, height / 2],
+                          [0, 0, 1.0]]).repeat(count, 1, 1)
+        return ContextViews(
+            images=torch.rand(count, 3, height, width, generator=g).to(device),
+            viewmats=w2c.to(device), Ks=K.to(device),
+            teacher=torch.randn(count, dim, height // 14 or 1, width // 14 or 1,
+                                generator=g).to(device),
+            depth=(2 + torch.rand(count, height, width, generator=g)).to(device))
+
+    all_views = views(n)
+
+    def pick(idx: list[int]) -> ContextViews:
+        return ContextViews(all_views.images[idx], all_views.viewmats[idx], all_views.Ks[idx],
+                            all_views.teacher[idx], all_views.depth[idx])
+
+    rows = {depth: _feedforward_row(LifterShape(teacher_dim=dim, depth=depth), backend,
+                                    pick([0, 1]), pick([2]), device)
+            for depth in ("sensor", "predicted")}
+    return {"image": f"{width}x{height}", "context_views": 2, "teacher_dim": dim,
+            "backend": backend, "rows": rows}
+
+
+def _feedforward_row(shape, backend: str, context, target, device: torch.device) -> dict:
+    """Gaussians, lifting-pass time and training-step time of one lifter shape."""
+    from training.fit3d.feedforward.model import FeedForwardLifter
+    from training.fit3d.feedforward.trainer import LifterTraining
+
+    torch.manual_seed(0)
+    lifter = FeedForwardLifter(shape).to(device)
+    model = LifterTraining(lifter, backend, 0.2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def lift() -> None:
+        with torch.no_grad():
+            lifter(context)
+
+    def step() -> None:
+        l_rgb, l_feat, _ = model(context, target)
+        (l_rgb + l_feat).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with torch.no_grad():
+        count = len(lifter(context).means)
+    return {"gaussians": count, "lift_ms": 1000 * _median_time(lift, 5),
+            "train_step_ms": 1000 * _median_time(step, 3)}
+
+
 # inference --------------------------------------------------------------------------------
 
 def _forward(model, x: torch.Tensor, which: str) -> None:
@@ -375,7 +442,8 @@ def inference(dry_run: bool) -> dict:
 
 
 STEPS = {"parity": parity, "rasterizer": rasterizer, "stage1": stage1, "stage2": stage2,
-         "equivariance": equivariance, "gmae": gmae, "inference": inference}
+         "equivariance": equivariance, "gmae": gmae, "feedforward": feedforward,
+         "inference": inference}
 
 
 def main() -> int:

@@ -84,7 +84,7 @@ else
 fi
 
 step gpu-tests 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
-for name in parity rasterizer stage1 stage2 equivariance gmae inference; do
+for name in parity rasterizer stage1 stage2 equivariance gmae feedforward inference; do
     limit=60
     [[ $name == stage1 || $name == stage2 ]] && limit=90   # a 1M-point scene is made first
     [[ $name == inference ]] && limit=120   # two torch.compile builds

@@ -22,8 +22,9 @@ from training.fit3d.lift.trainer import SceneViews, evaluate
 def lifted_view_metrics(lifted_file: str | Path, teacher: FiT3D, views: list[int],
                         backend: str = "torch") -> dict[str, float]:
     """PSNR, feature L1 and the constant-feature L1 (the teacher's mean feature over the
-    scene's views) at ``views`` of the scene a lifted file was made from; ``relative_l1`` is
-    their ratio (below 1: the renders say more than a constant)."""
+    views the lifter trained on, as ``benchmarks/lift_settings.py``) at ``views`` of the
+    scene a lifted file was made from; ``relative_l1`` is their ratio (below 1: the renders
+    say more than a constant)."""
     gaussians, meta = load_lifted(lifted_file)
     scene = load_scene(meta.scene_path)
     images = load_views(scene, meta.downscale)
@@ -31,7 +32,8 @@ def lifted_view_metrics(lifted_file: str | Path, teacher: FiT3D, views: list[int
     scene_views = SceneViews.from_images(images, feats, torch.device("cpu"))
     out = evaluate(gaussians, scene_views, backend, LiftConfig(sh_degree=meta.sh_degree or 0),
                    views)
-    mean = feats.float().mean((0, 2, 3))[None, :, None, None]
+    seen = meta.training_views or list(range(len(feats)))
+    mean = feats[seen].float().mean((0, 2, 3))[None, :, None, None]
     const = [float((upsample_teacher(feats[v:v + 1], scene_views.height, scene_views.width)
                     - mean).abs().mean()) for v in views]
     out["constant_feature_l1"] = float(np.mean(const))

@@ -215,23 +215,23 @@ def evaluate_views(lifter: FeedForwardLifter, scene: PooledScene, backend: str,
                    context: list[int] | None = None) -> dict[str, float]:
     """Mean RGB PSNR and decoded-feature L1 at ``views`` (default: the views not among the
     context) from ``context`` (default: ``context_count`` trainable views evenly spaced),
-    with the L1 of the best constant feature beside it (the teacher's mean over the views)."""
+    with the L1 of a constant feature beside it (the teacher's mean over the context views)."""
     context = context if context is not None else context_views_of(scene, context_count)
     views = views if views is not None else [v for v in range(len(scene.images))
                                              if v not in context]
-    gaussians = lift_gaussians(lifter, scene, context, context_count - 1)
+    device = next(lifter.parameters()).device
+    gaussians = lift_gaussians(lifter, scene, context, context_count - 1, device)
     width, height = scene.size
     psnrs, l1s, const = [], [], []
     for v in views:
-        out = render(gaussians, lifter.decoder, scene.viewmats[v:v + 1], scene.Ks[v:v + 1],
-                     width, height, backend)
-        target = upsample_teacher(scene.teacher[v:v + 1], height, width)
-        psnrs.append(-10 * float(torch.log10(((out["rgb"].clamp(0, 1)
-                                               - scene.images[v:v + 1]) ** 2).mean()
-                                             .clamp_min(1e-10))))
+        at = scene.context([v], device)
+        out = render(gaussians, lifter.decoder, at.viewmats, at.Ks, width, height, backend)
+        target = upsample_teacher(at.teacher, height, width)
+        psnrs.append(-10 * float(torch.log10(((out["rgb"].clamp(0, 1) - at.images) ** 2)
+                                             .mean().clamp_min(1e-10))))
         l1s.append(float((out["decoded"] - target).abs().mean()))
-        mean = scene.teacher.float().mean((0, 2, 3))[None, :, None, None]
-        const.append(float((target - mean).abs().mean()))
+        mean = scene.teacher[context].float().mean((0, 2, 3))[None, :, None, None]
+        const.append(float((target - mean.to(device)).abs().mean()))
     return {"psnr": float(np.mean(psnrs)), "feature_l1": float(np.mean(l1s)),
             "constant_feature_l1": float(np.mean(const)), "views": len(views),
             "context": len(context)}
@@ -267,7 +267,7 @@ def lift_with_model(run: LiftRun, *, log: Callable[[str], None] = print) -> dict
     """Lift every scene of ``run.scenes`` with the lifter in ``run.model`` into
     ``run.output`` (Stage 1's format; the record says ``lifter: feedforward``). Scenes that
     fail are reported and the others go on; bad input found before any work is one line."""
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lifter, meta = load_lifter(run.model, device)
     backbone = run.backbone or meta.get("backbone")
     if not backbone:
@@ -285,10 +285,12 @@ def lift_with_model(run: LiftRun, *, log: Callable[[str], None] = print) -> dict
         try:
             scene = load_pooled_scene(path, teacher, downscale=downscale,
                                       holdout_every=run.holdout_every,
-                                      needs_depth=lifter.shape.depth == "sensor")
+                                      needs_depth=lifter.shape.depth == "sensor", device=device)
             context = context_views_of(scene, run.max_context)
             with torch.no_grad():
-                gaussians = lift_gaussians(lifter, scene, context, context_count - 1)
+                gaussians = lift_gaussians(lifter, scene, context, context_count - 1, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             with torch.no_grad():
                 metrics = evaluate_views(lifter, scene, backend, context_count,
