@@ -84,3 +84,17 @@ def test_gmae_trains_under_ddp_and_resumes_bit_identically(setup):
     a, b = load_fit3d(setup / "straight"), load_fit3d(setup / "resumed")
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_feedforward_lifter_trains_under_ddp(setup):
+    from training.fit3d.feedforward.run import load_lifter
+
+    proc = _torchrun("training.fit3d.feedforward", "--scenes", "scenes", "--backbone", "model",
+                     "--output", "lifter", "--steps", "3", "--save-every", "0",
+                     "--feature-dim", "8", "--width", "8", "--backend", "torch",
+                     "--context-views", "2", "--target-views", "1", cwd=setup)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("training scene(s)") == 1, proc.stdout  # the main process says
+    lifter, meta = load_lifter(setup / "lifter")
+    assert meta["steps"] == 3 and meta["scenes"] == ["scene_000", "scene_001"]
+    assert all(bool(p.isfinite().all()) for p in lifter.parameters())
