@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,14 +74,21 @@ def test_gmae_trains_under_ddp_and_resumes_bit_identically(setup):
             "16", "--num-gaussians", "8", "--decoder-dim", "16", "--decoder-depth", "1",
             "--decoder-heads", "2", "--batch-size", "2", "--workers", "0", "--backend",
             "torch", "--save-every", "1"]
-    runs = (["--output", "straight", "--epochs", "2"],
-            ["--output", "resumed", "--epochs", "1"],
-            ["--output", "resumed", "--epochs", "2", "--resume"])
-    for args in runs:
-        proc = _torchrun("training.gmae", *tiny, *args, cwd=setup)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    # one run of 2 epochs, checkpointing every step; then its last step again from the
+    # checkpoint before, mid-epoch (two launches: the straight run is the reference)
+    proc = _torchrun("training.gmae", *tiny, "--output", "run", "--epochs", "2", cwd=setup)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     # 8 images dealt over 2 processes x 2 per batch: 2 optimizer steps per epoch (1 process: 4)
-    assert "wrote resumed (4 steps" in proc.stdout, proc.stdout
+    assert "wrote run (4 steps" in proc.stdout, proc.stdout
+    shutil.copytree(setup / "run", setup / "straight")
+    checkpoints = sorted((setup / "run" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step_00000003", "step_00000004"]
+    shutil.rmtree(checkpoints[-1])
+    proc = _torchrun("training.gmae", *tiny, "--output", "run", "--epochs", "2", "--resume",
+                     cwd=setup)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "step_00000003" in proc.stdout, proc.stdout
+    shutil.move(setup / "run", setup / "resumed")
     a, b = load_fit3d(setup / "straight"), load_fit3d(setup / "resumed")
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y)
