@@ -14,14 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from demo.common import backbone_or_demo
 from demo.fit3d import held_out_pairs, measure_consistency
 from fit3d_hub import load_fit3d
 from fit3d_hub.atomic import save_image_atomic
-from fit3d_hub.pca import pca_rgb, side_by_side
+from fit3d_hub.pca import pca_rgb_shared, side_by_side
 from scenes.holdout import training_views
 from scenes.synthetic import generate
 from training.fit3d.feedforward.config import FeedForwardConfig, FeedForwardRun, LiftRun
@@ -174,11 +173,10 @@ def _picture(output: Path, scene: str, views: list[int]) -> Path:
             decoded, _ = render_target(load_lifted_scene(record), v, "torch",
                                        torch.device("cpu"))
             maps.append(decoded)
-        joint = pca_rgb(torch.cat(maps, -1))  # one basis for the three maps
-        parts = np.array_split(np.asarray(joint), 3, axis=1)
-        for name, part in zip(("feed-forward", "Stage 1 same time", "Stage 1"), parts,
-                              strict=True):
-            panels.append((f"{name}, view {v}", np.ascontiguousarray(part)))
+        pictures = pca_rgb_shared(maps)  # one basis for the three lifters' maps of the view
+        for name, picture in zip(("feed-forward", "Stage 1 same time", "Stage 1"), pictures,
+                                 strict=True):
+            panels.append((f"{name}, view {v}", picture))
     path = output / "rendered_features.png"
     save_image_atomic(path, side_by_side(panels, 120))
     return path

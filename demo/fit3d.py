@@ -22,7 +22,7 @@ from eval.consistency import consistency
 from fit3d_hub import FiT3D, get_transform, load_fit3d
 from fit3d_hub.atomic import save_image_atomic
 from fit3d_hub.errors import TrainingStopped
-from fit3d_hub.pca import pca_rgb, side_by_side
+from fit3d_hub.pca import pca_rgb_shared, side_by_side
 from scenes.correspondence import correspondences
 from scenes.holdout import training_views
 from scenes.io import load_depth, load_rgb
@@ -102,12 +102,16 @@ def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[
     written.append(output / "views.png")
     rows, rendered = [], []
     with torch.no_grad():
-        for v, im in zip(views, rgb, strict=True):
-            f = model.forward_features(transform(im).unsqueeze(0))
-            rows.append(side_by_side([(f"view {v}", im), ("original", pca_rgb(f.original[0])),
-                                      ("fine-tuned", pca_rgb(f.finetuned[0]))], 160))
-            decoded, _ = render_target(lifted, v, "torch", torch.device("cpu"))
-            rendered.append((f"rendered {v}", pca_rgb(decoded)))
+        feats = [model.forward_features(transform(im).unsqueeze(0)) for im in rgb]
+        # one PCA basis per branch across the views: equal colours mean equal features
+        original = pca_rgb_shared([f.original[0] for f in feats])
+        finetuned = pca_rgb_shared([f.finetuned[0] for f in feats])
+        decoded = pca_rgb_shared([render_target(lifted, v, "torch", torch.device("cpu"))[0]
+                                  for v in views])
+        for i, (v, im) in enumerate(zip(views, rgb, strict=True)):
+            rows.append(side_by_side([(f"view {v}", im), ("original", original[i]),
+                                      ("fine-tuned", finetuned[i])], 160))
+            rendered.append((f"rendered {v}", decoded[i]))
     canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
     for r in rows:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fit3d_hub import commandline
 from fit3d_hub.commandline import option
-from fit3d_hub.errors import FiT3DError
+from fit3d_hub.errors import FiT3DError, UsageError
 from fit3d_hub.methods import DEFAULT_METHOD, METHODS, get_method
 from fit3d_hub.schema import MODES
 
@@ -177,10 +177,11 @@ class CardArgs:
 
 @dataclass
 class FeaturesArgs:
-    """Run IMAGE through both backbones and write a PNG: the input, then the PCA of the
-    original and of the fine-tuned features."""
+    """Run each IMAGE through the model and write one PNG: a row per image with the input and
+    the PCA of the original and of the fine-tuned features. Each branch's PCA basis is shared
+    across all the images, so equal colours mean equal features across views."""
 
-    image: str = option(positional=True, help="an RGB image file")
+    images: tuple[str, ...] = option(positional=True, help="one or more RGB image files")
     model: str = option(help="registry name, hub repo id or directory")
     output: str = option(help="PNG to write")
     size: int | None = option(None, help="scale the shorter side to SIZE first (none: as is)")
@@ -189,34 +190,51 @@ class FeaturesArgs:
     revision: str | None = option(None, help="branch, tag or commit of the weights' hub repo")
     cache_dir: str | None = option(None, help="Hugging Face cache directory (none: the hub's)")
 
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise UsageError("give at least one IMAGE")
+
     def __call__(self) -> int:
         import torch
+        from PIL import Image
 
         from fit3d_hub.atomic import save_image_atomic
         from fit3d_hub.loading import load_fit3d
-        from fit3d_hub.pca import pca_rgb, side_by_side
+        from fit3d_hub.pca import pca_rgb_shared, side_by_side
         from fit3d_hub.transforms import get_transform
 
-        image = _read_image(self.image)
+        images = [_read_image(path) for path in self.images]
         model = load_fit3d(self.model, revision=self.revision, cache_dir=self.cache_dir,
                            device=self.device)
         transform = get_transform(model, size=self.size)
-        x = transform(image)[None].to(self.device or "cpu")
-        with torch.inference_mode():
-            out = model.forward_features(x)
-        shown = transform.output_size(image.height, image.width)
+        inputs, outs = [], []
+        for image in images:
+            x = transform(image)[None].to(self.device or "cpu")
+            with torch.inference_mode():
+                outs.append(model.forward_features(x))
+            inputs.append(transform.invert(x[0].cpu()).mul(255).round().byte()
+                          .permute(1, 2, 0).numpy())
         method = METHODS.get(model.fit3d_block.method)
-        panels = [
-            ("input", transform.invert(x[0].cpu()).mul(255).round().byte().permute(1, 2, 0)
-             .numpy()),
-            ("original", pca_rgb(out.original[0].cpu())),
-            (f"fine-tuned ({method.title if method else model.fit3d_block.method})",
-             pca_rgb(out.finetuned[0].cpu())),
-        ]
-        picture = side_by_side(panels, height=min(shown[0], self.height))
-        output = save_image_atomic(self.output, picture)
-        print(f"wrote {output} ({picture.width}x{picture.height}; token grid "
-              f"{out.features.shape[-2]}x{out.features.shape[-1]})")
+        branches = [("original", "original"),
+                    (f"fine-tuned ({method.title if method else model.fit3d_block.method})",
+                     "finetuned")]
+        branches = [(t, b) for t, b in branches if getattr(outs[0], b) is not None]
+        pictures = {b: pca_rgb_shared([getattr(o, b)[0].cpu() for o in outs])
+                    for _, b in branches}
+        height = min(min(im.shape[0] for im in inputs), self.height)
+        rows = [side_by_side([("input", inputs[i])]
+                             + [(t, pictures[b][i]) for t, b in branches], height=height)
+                for i in range(len(images))]
+        canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)),
+                           "white")
+        y = 0
+        for r in rows:
+            canvas.paste(r, (0, y))
+            y += r.height
+        output = save_image_atomic(self.output, canvas)
+        grid = outs[0].features.shape[-2:]
+        print(f"wrote {output} ({canvas.width}x{canvas.height}; {len(images)} image(s), one "
+              f"PCA basis per branch; token grid {grid[0]}x{grid[1]})")
         return 0
 
 
@@ -239,7 +257,6 @@ class LayersArgs:
         import torch
 
         from fit3d_hub.atomic import save_image_atomic
-        from fit3d_hub.errors import UsageError
         from fit3d_hub.gmae import depth_layers, depth_maps, image_gaussians
         from fit3d_hub.loading import load_fit3d
         from fit3d_hub.pca import side_by_side
@@ -318,6 +335,30 @@ class DemoArgs:
         return 0
 
 
+@dataclass
+class AppArgs:
+    """Start the feature explorer, a local web page (Gradio; pip install "fit3d-hub[app]"):
+    upload two views, compare each model's variants as PCA pictures in one shared basis, click
+    a point to see its best match and similarity map in the other view, and a GMAE model's
+    layers. Binds to 127.0.0.1 unless --host says otherwise; without --model it runs the
+    demos' tiny random ViT, offline."""
+
+    model: tuple[str, ...] = option((), help="registry names, hub repo ids or directories to "
+                                    "compare (none: the tiny demo ViT)")
+    host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the page to your "
+                       "network)")
+    port: int | None = option(None, help="port (none: Gradio's, 7860 or the next free one)")
+    device: str = option("cpu", help="torch device")
+    cache_dir: str | None = option(None, help="Hugging Face cache directory (none: the hub's)")
+
+    def __call__(self) -> int:
+        from fit3d_hub.app import launch
+
+        launch(list(self.model), host=self.host, port=self.port, cache_dir=self.cache_dir,
+               device=self.device)
+        return 0
+
+
 COMMANDS: dict[str, tuple[type, str]] = {
     "list": (ListArgs, "list the registry's backbones"),
     "methods": (MethodsArgs, "list the 3D-aware methods"),
@@ -328,6 +369,7 @@ COMMANDS: dict[str, tuple[type, str]] = {
     "features": (FeaturesArgs, "PCA picture of original vs fine-tuned features"),
     "layers": (LayersArgs, "a GMAE model's depth layers, figure-ground and edges of an image"),
     "demo": (DemoArgs, "a method's whole pipeline on synthetic scenes, offline, on CPU"),
+    "app": (AppArgs, "the feature explorer: a local web page comparing backbones"),
 }
 
 
