@@ -184,3 +184,26 @@ def test_the_page_in_a_real_browser(scene, tmp_path):
     finally:
         browser.quit()
         page.close()
+
+
+def test_a_gmae_model_shows_its_encoder_and_its_layers(scene, tmp_path):
+    from training.gmae.cli import main as train_gmae
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((scene / "images").iterdir())[:4]:
+        shutil.copy(path, images / path.name)
+    assert train_gmae(["--images", str(images), "--output", str(tmp_path / "gmae"),
+                       "--epochs", "1", "--architecture", "vit_small_patch16_224",
+                       "--embed-dim", "32", "--depth", "1", "--num-heads", "2",
+                       "--patch-size", "8", "--image-size", "16", "--num-gaussians", "16",
+                       "--decoder-dim", "16", "--decoder-depth", "1", "--decoder-heads", "2",
+                       "--batch-size", "2", "--workers", "0", "--backend", "torch"]) == 0
+    name = str(tmp_path / "gmae")
+    explorer = Explorer([name, TINY])
+    image = read_upload(scene / "images" / "frame_0000.png")
+    assert set(explorer.features(name, image)) == {"finetuned"}  # one network, no original
+    panel = explorer.layers(name, image, count=3)
+    assert panel is not None and panel.ndim == 3 and panel.shape[1] > 6 * 100  # 6 panels
+    assert explorer.layers(TINY, image) is None
+    assert "Gaussian Masked Autoencoder" in explorer.load(name).summary
