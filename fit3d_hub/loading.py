@@ -5,23 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from fit3d_hub.backbone import load_vit
 from fit3d_hub.errors import (
     HubFileNotFoundError,
     RepoFormatError,
     UnknownModelError,
     UsageError,
 )
-from fit3d_hub.gmae import build_decoder
 from fit3d_hub.hub import HubFile, download_command, fetch
 from fit3d_hub.methods import get_method
-from fit3d_hub.model import FiT3D
-from fit3d_hub.refine import load_refine, refine_conv
 from fit3d_hub.registry import get_spec, is_registered, registry_config, releases_of
-from fit3d_hub.releases import equivariance_repo, read_dinov2_state_dict
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
     CONFIG_NAME,
@@ -30,7 +24,14 @@ from fit3d_hub.schema import (
     RepoConfig,
     read_config,
 )
-from fit3d_hub.weights import load_strict, read_state_dict
+
+if TYPE_CHECKING:
+    import torch
+
+    from fit3d_hub.model import FiT3D
+
+# Resolving (what `fit3d-hub download` does) needs no torch: the modules that build models
+# are imported by the functions that build them.
 
 
 @dataclass
@@ -135,6 +136,8 @@ def _resolve_registered(spec, mode: str, pretrained: bool, revision, cache_dir,
     paths = fetch(wanted, cache_dir=cache_dir, local_files_only=local_files_only,
                   command=command)
     if merged:
+        from fit3d_hub.releases import equivariance_repo  # merging needs torch
+
         repo = equivariance_repo(spec, paths[fine], paths[base], cache_dir)
         return _resolve_repo_dir(repo, mode, True, cache_dir, local_files_only, command)
     return ResolvedModel(config, paths.get(fine), paths.get(base), base_from_timm=True,
@@ -216,6 +219,14 @@ def _resolve_hub_repo(repo_id: str, mode: str | None, pretrained: bool, revision
 
 def build(resolved: ResolvedModel, *, pad: str | None = None) -> FiT3D:
     """Instantiate the backbones ``resolved.mode`` needs and load their weights strictly."""
+
+    from fit3d_hub.backbone import load_vit
+    from fit3d_hub.gmae import build_decoder
+    from fit3d_hub.model import FiT3D
+    from fit3d_hub.refine import load_refine, refine_conv
+    from fit3d_hub.releases import read_dinov2_state_dict
+    from fit3d_hub.weights import load_strict, read_state_dict
+
     config, block, mode = resolved.config, resolved.config.fit3d, resolved.mode
 
     def backbone(path: Path | None, from_timm: bool, convert=None) -> torch.nn.Module:

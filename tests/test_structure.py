@@ -141,6 +141,9 @@ def test_import_fit3d_hub_is_light():
     loaded = _loaded_after("from fit3d_hub.transforms import preprocess_images")
     assert not {"huggingface_hub", "timm", "transformers", "accelerate"} & loaded
     assert "torch" in loaded
+    # resolving a name to files (`fit3d-hub download`) needs the hub, not torch or timm
+    loaded = _loaded_after("from fit3d_hub.loading import resolve")
+    assert "huggingface_hub" in loaded and not {"torch", "timm"} & loaded
 
 
 def test_the_wheel_lists_every_package_of_fit3d_hub():
