@@ -175,6 +175,11 @@ class CardArgs:
         return 0
 
 
+MAX_FEATURE_SIZE = 4096
+"""Largest shorter side ``fit3d-hub features --size`` scales to (a ViT's attention grows with
+the square of the token count: 4096 px is 85k DINOv2 tokens)."""
+
+
 @dataclass
 class FeaturesArgs:
     """Run each IMAGE through the model and write one PNG: a row per image with the input and
@@ -193,6 +198,11 @@ class FeaturesArgs:
     def __post_init__(self) -> None:
         if not self.images:
             raise UsageError("give at least one IMAGE")
+        if self.size is not None and not 1 <= self.size <= MAX_FEATURE_SIZE:
+            raise UsageError(f"--size must be between 1 and {MAX_FEATURE_SIZE}; got "
+                             f"{self.size}")
+        if self.height < 1:
+            raise UsageError(f"--height must be at least 1; got {self.height}")
 
     def __call__(self) -> int:
         import torch
@@ -297,8 +307,10 @@ class LayersArgs:
 def _read_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
+    from fit3d_hub.images import to_rgb8
+
     try:
-        return Image.open(path).convert("RGB")
+        return to_rgb8(Image.open(path))
     except FileNotFoundError:
         raise FiT3DError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError) as err:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from fit3d_hub.errors import FiT3DError
+from fit3d_hub.images import to_rgb8
 
 TINY = "tiny-demo"
 """The model name that builds the demos' tiny random ViT on the spot (offline)."""
@@ -54,11 +55,7 @@ def read_upload(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
                                  f"{MAX_PIXELS:,}-pixel limit (refused from its header)")
     try:
         image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            values = np.asarray(image, dtype=np.float64)
-            peak = 65535.0 if values.max() > 255 else 255.0
-            image = Image.fromarray((values / peak * 255).round().astype(np.uint8))
-        image = image.convert("RGB")
+        image = to_rgb8(image)
         image.thumbnail((max_side, max_side), Image.BILINEAR, reducing_gap=2.0)
     except (OSError, ValueError, SyntaxError) as err:
         raise ExplorerInputError(f"{name}: a damaged or truncated image ({err})") from None

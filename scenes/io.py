@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fit3d_hub.images import to_rgb8
 from scenes.types import SceneError
 
 
@@ -25,7 +26,7 @@ def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     (width, height): the image as a preprocessing step that downscaled the files would have
     stored it."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
+        img = to_rgb8(img)  # 16-bit images scaled, not clipped
         if size is not None and img.size != tuple(size):
             img = img.resize(tuple(size), Image.BICUBIC)
         return np.array(img)

@@ -207,3 +207,32 @@ def test_a_gmae_model_shows_its_encoder_and_its_layers(scene, tmp_path):
     assert panel is not None and panel.ndim == 3 and panel.shape[1] > 6 * 100  # 6 panels
     assert explorer.layers(TINY, image) is None
     assert "Gaussian Masked Autoencoder" in explorer.load(name).summary
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "20000"])
+def test_features_refuses_sizes_out_of_range_in_one_line(tmp_path, capsys, size):
+    from fit3d_hub.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["features", "x.png", "--model", "m", "--output", str(tmp_path / "o.png"),
+              "--size", size])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--size must be between 1 and 4096" in err
+    assert err.count("\n") == 1
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG (depth-camera style): Pillow's convert("RGB") turns every value
+    above 255 white; the scenes reader and the explorer scale it."""
+    from scenes.io import load_image
+
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as raw:
+        clipped = np.asarray(raw.convert("RGB"))
+    assert (clipped == 255).mean() > 0.9  # what the old reading did
+    scaled = load_image(path)
+    assert scaled.shape == (48, 64, 3) and (scaled == 255).mean() < 0.01
+    assert abs(int(scaled[24, 32, 0]) - round(ramp[24, 32] / 65535 * 255)) <= 1
+    assert np.array_equal(np.asarray(read_upload(path)), scaled)
