@@ -264,13 +264,11 @@ class LayersArgs:
 
     def __call__(self) -> int:
         import numpy as np
-        import torch
 
         from fit3d_hub.atomic import save_image_atomic
-        from fit3d_hub.gmae import depth_layers, depth_maps, image_gaussians
+        from fit3d_hub.explorer import layer_panels
         from fit3d_hub.loading import load_fit3d
         from fit3d_hub.pca import side_by_side
-        from fit3d_hub.transforms import preprocess_images
 
         if self.layers < 1:
             raise UsageError(f"--layers must be >= 1; got {self.layers}")
@@ -280,25 +278,8 @@ class LayersArgs:
         if spec is None or spec.decoder != "gaussians":
             raise UsageError(f"--model {self.model}: not a GMAE model with a Gaussian decoder")
         side = spec.image_size
-        rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
-        mean, std = model.normalization
-        x = preprocess_images(rgb, mean, std, model.patch_size, (side, side))
-        with torch.no_grad():
-            gaussians = image_gaussians(model, x)
-            layers = depth_layers(gaussians, side, side, self.layers)
-            maps = depth_maps(gaussians, side, side)
-
-        def picture(t: torch.Tensor) -> np.ndarray:
-            t = t[0].expand(3, -1, -1) if t.shape[1] == 1 else t[0]
-            return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-
-        depth = maps["depth"]
-        depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-6)
         panels = [("input", np.asarray(image.resize((side, side))))]
-        panels += [(f"nearest {j + 1}/{self.layers}", picture(layer))
-                   for j, layer in enumerate(layers)]
-        panels += [("depth", picture(depth)), ("figure", picture(maps["foreground"])),
-                   ("edges", picture(maps["edges"]))]
+        panels += layer_panels(model, image, self.layers)
         out = save_image_atomic(self.output, side_by_side(panels, self.height))
         print(f"wrote {out} ({len(panels)} panels, {spec.num_gaussians} Gaussians)")
         return 0

@@ -182,23 +182,9 @@ class Explorer:
         spec = getattr(getattr(model, "fit3d_block", None), "gmae", None)
         if spec is None or spec.decoder != "gaussians":
             return None
-        from fit3d_hub.gmae import depth_layers, depth_maps, image_gaussians
         from fit3d_hub.pca import side_by_side
-        from fit3d_hub.transforms import preprocess_images
 
-        side = spec.image_size
-        rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
-        mean, std = model.normalization
-        x = preprocess_images(rgb, mean, std, model.patch_size, (side, side))
-        with torch.no_grad():
-            gaussians = image_gaussians(model, x)
-            shown = depth_layers(gaussians, side, side, count)
-            maps = depth_maps(gaussians, side, side)
-        depth = maps["depth"]
-        depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-6)
-        panels = [(f"nearest {j + 1}/{count}", to_uint8(t)) for j, t in enumerate(shown)]
-        panels += [("depth", to_uint8(depth)), ("figure", to_uint8(maps["foreground"])),
-                   ("edges", to_uint8(maps["edges"]))]
+        panels = layer_panels(model, image, count)
         return np.asarray(side_by_side(panels, 160))
 
 
@@ -206,6 +192,30 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
     """A (1, 1|3, H, W) map in [0, 1] as (H, W, 3) uint8."""
     t = t[0].expand(3, -1, -1) if t.shape[1] == 1 else t[0]
     return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def layer_panels(model, image, layers: int = 4) -> list[tuple[str, np.ndarray]]:
+    """A GMAE model's zero-shot view of a PIL ``image`` at its training size, as titled
+    (H, W, 3) uint8 panels: the nearest ``layers`` depth-ordered layers, the rendered depth
+    (normalised), the figure-ground mask and the depth edges (``fit3d-hub layers`` and the
+    explorer draw these)."""
+    from fit3d_hub.gmae import depth_layers, depth_maps, image_gaussians
+    from fit3d_hub.transforms import preprocess_images
+
+    spec = model.fit3d_block.gmae
+    side = spec.image_size
+    rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    mean, std = model.normalization
+    x = preprocess_images(rgb, mean, std, model.patch_size, (side, side))
+    with torch.no_grad():
+        gaussians = image_gaussians(model, x)
+        shown = depth_layers(gaussians, side, side, layers)
+        maps = depth_maps(gaussians, side, side)
+    depth = maps["depth"]
+    depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-6)
+    return [*((f"nearest {j + 1}/{layers}", to_uint8(t)) for j, t in enumerate(shown)),
+            ("depth", to_uint8(depth)), ("figure", to_uint8(maps["foreground"])),
+            ("edges", to_uint8(maps["edges"]))]
 
 
 def summarise(name: str, model: torch.nn.Module) -> str:

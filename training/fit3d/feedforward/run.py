@@ -38,6 +38,7 @@ from training.fit3d.feedforward.model import FeedForwardLifter, LifterShape, Pix
 from training.fit3d.feedforward.trainer import LifterTraining, render, train
 from training.fit3d.lift.config import LiftConfig
 from training.fit3d.lift.gaussians import FeatureGaussians
+from training.fit3d.lift.losses import psnr
 from training.fit3d.lift.record import LiftedMeta, output_path, save_lifted
 from training.fit3d.lift.teacher import upsample_teacher
 
@@ -222,16 +223,15 @@ def evaluate_views(lifter: FeedForwardLifter, scene: PooledScene, backend: str,
     device = next(lifter.parameters()).device
     gaussians = lift_gaussians(lifter, scene, context, context_count - 1, device)
     width, height = scene.size
+    mean = scene.teacher[context].float().mean((0, 2, 3))[None, :, None, None].to(device)
     psnrs, l1s, const = [], [], []
     for v in views:
         at = scene.context([v], device)
         out = render(gaussians, lifter.decoder, at.viewmats, at.Ks, width, height, backend)
         target = upsample_teacher(at.teacher, height, width)
-        psnrs.append(-10 * float(torch.log10(((out["rgb"].clamp(0, 1) - at.images) ** 2)
-                                             .mean().clamp_min(1e-10))))
+        psnrs.append(psnr(out["rgb"].clamp(0, 1), at.images))
         l1s.append(float((out["decoded"] - target).abs().mean()))
-        mean = scene.teacher[context].float().mean((0, 2, 3))[None, :, None, None]
-        const.append(float((target - mean.to(device)).abs().mean()))
+        const.append(float((target - mean).abs().mean()))
     return {"psnr": float(np.mean(psnrs)), "feature_l1": float(np.mean(l1s)),
             "constant_feature_l1": float(np.mean(const)), "views": len(views),
             "context": len(context)}
