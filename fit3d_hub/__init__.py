@@ -19,12 +19,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fit3d_hub.errors import (
+    BudgetError,
     CheckpointError,
     FiT3DError,
     HubFileNotFoundError,
     InputShapeError,
     NotCachedError,
     RepoFormatError,
+    RepoWeightsError,
     UnknownModelError,
     UnsafeCheckpointError,
     UsageError,
@@ -116,6 +118,7 @@ __all__ = [
     "METHODS",
     "REGISTRY",
     "BackboneSpec",
+    "BudgetError",
     "CheckpointError",
     "FiT3D",
     "FiT3DError",
@@ -126,6 +129,7 @@ __all__ = [
     "MethodSpec",
     "NotCachedError",
     "RepoFormatError",
+    "RepoWeightsError",
     "UnknownModelError",
     "UnsafeCheckpointError",
     "UsageError",

@@ -38,6 +38,10 @@ class CheckpointError(FiT3DError, ValueError):
     """A weights file that cannot be read, or whose keys or shapes do not fit the model."""
 
 
+class RepoWeightsError(CheckpointError, RepoFormatError):
+    """A repo's weights file that is missing, unreadable or does not fit its config.json."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A pickled checkpoint that would run code (or load non-tensor objects) when unpickled."""
 
@@ -46,6 +50,11 @@ class SettingsChangedError(CheckpointError):
     """``--resume`` with settings other than those the checkpoint was written with."""
 
     exit_status = 2
+
+
+class BudgetError(FiT3DError, MemoryError):
+    """A file or flag declares more memory than the budget (``FIT3D_HUB_MAX_BYTES``) allows;
+    nothing was allocated."""
 
 
 class HubFileNotFoundError(FiT3DError, FileNotFoundError):

@@ -262,13 +262,24 @@ def depth_maps(gaussians: Gaussians, height: int, width: int, backend: str = "au
 
 def build_decoder(spec, encoder: nn.Module) -> nn.Module:
     """The decoder a repo's ``fit3d.gmae`` record describes, for ``encoder`` (random
-    weights)."""
+    weights), sized on the meta device and checked against the memory budget first."""
+    from fit3d_hub.backbone import state_bytes
+    from fit3d_hub.budget import check_bytes
+
     patch = int(encoder.patch_embed.patch_size[0])
     grid = spec.image_size // patch
-    if spec.decoder == "gaussians":
-        return GaussianDecoder(int(encoder.embed_dim), grid, spec.num_gaussians, spec.dim,
-                               spec.depth, spec.heads)
-    return PixelDecoder(int(encoder.embed_dim), grid, patch, spec.dim, spec.depth, spec.heads)
+
+    def make() -> nn.Module:
+        if spec.decoder == "gaussians":
+            return GaussianDecoder(int(encoder.embed_dim), grid, spec.num_gaussians, spec.dim,
+                                   spec.depth, spec.heads)
+        return PixelDecoder(int(encoder.embed_dim), grid, patch, spec.dim, spec.depth,
+                            spec.heads)
+
+    with torch.device("meta"):
+        check_bytes(state_bytes(make()), "fit3d.gmae", f"a {spec.decoder} decoder of these "
+                    "sizes")
+    return make()
 
 
 def encode_visible(vit: nn.Module, images: torch.Tensor, ids_keep: torch.Tensor

@@ -37,7 +37,7 @@ except ImportError as err:
     raise ImportError(f"fit3d_hub.hf_transformers needs transformers 5.5 or later ({err}); "
                       'install it with: pip install "fit3d-hub[transformers]"') from None
 
-from fit3d_hub.backbone import create_vit
+from fit3d_hub.backbone import create_vit, vit_skeleton
 from fit3d_hub.errors import RepoFormatError
 from fit3d_hub.jsonio import read_json_object
 from fit3d_hub.loading import load_fit3d, resolve
@@ -55,8 +55,7 @@ def _depth(architecture: str, model_args: dict) -> int:
     """Number of blocks, from the arguments or an empty (meta-device) build of the model."""
     if "depth" in model_args:
         return int(model_args["depth"])
-    with torch.device("meta"):
-        return len(create_vit(architecture, model_args).blocks)
+    return len(vit_skeleton(architecture, model_args).blocks)
 
 
 @strict

@@ -142,7 +142,12 @@ def push_directory(
     commit_message: str | None = None,
     create_pr: bool = False,
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``directory`` as one commit; returns its URL."""
+    """Check ``directory`` loads (:func:`fit3d_hub.repo_format.validate_repo`), then create
+    ``repo_id`` if needed and upload it as one commit; returns its URL. A broken repo is
+    refused before any network call."""
+    from fit3d_hub.repo_format import validate_repo  # needs torch: imported when pushing
+
+    validate_repo(directory)
     api = huggingface_hub.HfApi(token=token, library_name=LIBRARY_NAME,
                                 library_version=_library_version())
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

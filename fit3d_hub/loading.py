@@ -154,6 +154,9 @@ def _base_ref_file(config: RepoConfig, where: str) -> HubFile:
 
 def _resolve_repo_dir(directory: Path, mode: str | None, pretrained: bool, cache_dir,
                       local_files_only, hint: str) -> ResolvedModel:
+    from fit3d_hub.repo_format import finish_interrupted_save
+
+    finish_interrupted_save(directory)
     config = read_config(directory / CONFIG_NAME)
     mode = repo_mode(config, mode, str(directory))
     if not pretrained:
@@ -225,14 +228,20 @@ def build(resolved: ResolvedModel, *, pad: str | None = None) -> FiT3D:
     from fit3d_hub.model import FiT3D
     from fit3d_hub.refine import load_refine, refine_conv
     from fit3d_hub.releases import read_dinov2_state_dict
+    from fit3d_hub.repo_format import check_weights
     from fit3d_hub.weights import load_strict, read_state_dict
 
     config, block, mode = resolved.config, resolved.config.fit3d, resolved.mode
+    # every file against config.json (shapes, save id, memory) before anything is built
+    check_weights(config, {"finetuned": resolved.finetuned_path,
+                           "original": resolved.base_path,
+                           "refine": resolved.refine_path, "decoder": resolved.decoder_path},
+                  base_from_timm=resolved.base_from_timm)
 
     def backbone(path: Path | None, from_timm: bool, convert=None) -> torch.nn.Module:
         return load_vit(config.architecture, config.model_args, config.pretrained_cfg or None,
                         path, drop_classifier=from_timm, mean=block.mean, std=block.std,
-                        convert=convert)
+                        convert=convert, where=config.source)
 
     original = (backbone(resolved.base_path, resolved.base_from_timm)
                 if mode in ("concat", "original") else None)
@@ -251,8 +260,11 @@ def build(resolved: ResolvedModel, *, pad: str | None = None) -> FiT3D:
         if resolved.decoder_path is not None:
             load_strict(decoder, read_state_dict(resolved.decoder_path),
                         str(resolved.decoder_path))
-    model = FiT3D(original, finetuned, mode=mode, pad=pad, layer=block.layer, norm=block.norm,
-                  refine=refine, decoder=decoder)
+    try:
+        model = FiT3D(original, finetuned, mode=mode, pad=pad, layer=block.layer,
+                      norm=block.norm, refine=refine, decoder=decoder)
+    except UsageError as err:  # the block's layer does not fit the architecture
+        raise RepoFormatError(f"{config.source}: field 'fit3d.{err}'") from None
     model.fit3d_block = replace(block)
     if resolved.random:
         # Random weights have no hub source that a saved repo could point at.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fit3d_hub.errors import InputShapeError, RepoFormatError
+from fit3d_hub.errors import InputShapeError, RepoFormatError, UsageError
 from fit3d_hub.hub import push_directory
 from fit3d_hub.refine import spec_of
 from fit3d_hub.repo_format import save_repo
@@ -133,7 +133,7 @@ class FiT3D(nn.Module):
         self.pad = pad
         depth = len(ref.blocks)
         if not -depth <= layer < depth:
-            raise ValueError(f"layer={layer}: expected a block index in {-depth}..{depth - 1}")
+            raise UsageError(f"layer={layer}: expected a block index in {-depth}..{depth - 1}")
         self.layer, self.norm = int(layer), bool(norm)
         if refine is not None and finetuned is None:
             raise ValueError("a refine module applies to the fine-tuned branch, which this "

@@ -8,28 +8,37 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.atomic import atomic_files
+from fit3d_hub.budget import check_bytes
 from fit3d_hub.cards import render_card
-from fit3d_hub.errors import RepoFormatError
+from fit3d_hub.errors import CheckpointError, FiT3DError, RepoFormatError, RepoWeightsError
 from fit3d_hub.methods import get_method
-from fit3d_hub.refine import save_refine
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
     CARD_NAME,
     CONFIG_NAME,
     MODEL_TYPE,
     WEIGHTS_NAME,
+    WRITE_ID_KEY,
     Fit3DBlock,
     RepoConfig,
     read_config,
 )
-from fit3d_hub.weights import save_state_dict
+from fit3d_hub.weights import (
+    check_nonfinite,
+    check_shapes,
+    drop_prefixes,
+    read_header,
+    write_safetensors,
+)
 
 
 def timm_config(vit: nn.Module) -> dict[str, Any]:
@@ -67,8 +76,8 @@ def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module |
 
     ``include_base=None`` embeds the original weights only when ``block.base`` names no hub
     source. ``refine`` (the equivariance method's conv) is written to the file
-    ``block.refine`` names. Weights go first and config.json last, so a directory with a
-    config is whole.
+    ``block.refine`` names. The files are replaced as one change
+    (:func:`~fit3d_hub.atomic.atomic_files`): a kill leaves the old repo or the new one.
     """
     directory = Path(directory)
     one_branch = get_method(block.method).branches == 1
@@ -87,36 +96,118 @@ def save_repo(directory: str | Path, finetuned: nn.Module, original: nn.Module |
     if (refine is None) != (block.refine is None):
         raise RepoFormatError("the fit3d block's 'refine' record and the refine module must "
                               "come together")
-    directory.mkdir(parents=True, exist_ok=True)
     config = build_config(finetuned, block)
-    save_state_dict(finetuned.state_dict(), directory / WEIGHTS_NAME,
-                    metadata={"format": "pt", "fit3d": "finetuned"})
+    # Every file of one save carries its id, so a mix of two saves is refused on load.
+    write_id = uuid.uuid4().hex
+    config[WRITE_ID_KEY] = write_id
+    stamp = {"format": "pt", WRITE_ID_KEY: write_id}
+    weights = [(WEIGHTS_NAME, finetuned, "finetuned")]
     if refine is not None:
-        save_refine(refine, directory / block.refine.filename)
+        weights.append((block.refine.filename, refine, "refine"))
     if decoder is not None:
-        save_state_dict(decoder.state_dict(), directory / block.gmae.filename,
-                        metadata={"format": "pt", "fit3d": "gmae_decoder"})
+        weights.append((block.gmae.filename, decoder, "gmae_decoder"))
     if embed:
-        save_state_dict(original.state_dict(), directory / BASE_WEIGHTS_NAME,
-                        metadata={"format": "pt", "fit3d": "original"})
-    else:
-        # A stale embedded base would win over the hub reference on load.
-        (directory / BASE_WEIGHTS_NAME).unlink(missing_ok=True)
-    write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        weights.append((BASE_WEIGHTS_NAME, original, "original"))
     if card is None:
         card = render_card(RepoConfig(config["architecture"], config.get("model_args", {}),
                                       config["pretrained_cfg"], block))
-    write_text_atomic(directory / CARD_NAME, card)
+    for name, module, _ in weights:  # a repo never holds weights that cannot load
+        check_nonfinite(module.state_dict(), f"{Path(directory) / name} (not written)")
+    with atomic_files(directory) as files:
+        for name, module, role in weights:
+            write_safetensors(module.state_dict(), files.path(name),
+                              metadata={**stamp, "fit3d": role})
+        if not embed:
+            # A stale embedded base would win over the hub reference on load.
+            files.delete(BASE_WEIGHTS_NAME)
+        files.path(CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n",
+                                           encoding="utf-8")
+        files.path(CARD_NAME).write_text(card, encoding="utf-8")
     return directory
 
 
-def validate_repo(directory: str | Path) -> RepoConfig:
-    """Check that ``directory`` is a complete repo (before pushing it); returns its config."""
-    from safetensors import SafetensorError, safe_open
+def _finite(path: Path) -> None:
+    """Every tensor of ``path`` finite, read one tensor at a time."""
+    from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt") as fh:
+        names = fh.keys()
+        for key in names:
+            check_nonfinite({key: fh.get_tensor(key)}, str(path))
+
+
+def check_weights(config: RepoConfig, files: Mapping[str, Path | None], *,
+                  base_from_timm: bool = False, read_weights: bool = False) -> None:
+    """The one validator of a repo's weights, before anything is built (``load_fit3d``,
+    :func:`validate_repo`, ``push``): the architecture builds from config.json (on the meta
+    device) within the memory budget; each safetensors file's header has the keys and shapes
+    that architecture (and the refine conv and decoder config.json declares) expects, and
+    the id of the save config.json came from; with ``read_weights``, every value is finite.
+
+    ``files`` maps ``finetuned``, ``original``, ``refine`` and ``decoder`` to their paths
+    (``None`` or absent: not needed). Pickled files (releases) are checked when read.
+    """
+    import torch
+
+    from fit3d_hub.backbone import classifier_prefixes, state_bytes, state_shapes, vit_skeleton
+    from fit3d_hub.gmae import build_decoder
+
+    where = config.source
+    skeleton = vit_skeleton(config.architecture, config.model_args,
+                            config.pretrained_cfg or None, where=where)
+    block = config.fit3d
+    depth = len(skeleton.blocks)
+    if not -depth <= block.layer < depth:
+        raise RepoFormatError(f"{where}: field 'fit3d.layer' is {block.layer}; this "
+                              f"architecture has blocks {-depth}..{depth - 1}")
+    width = int(skeleton.embed_dim)
+    expected = {"finetuned": state_shapes(skeleton), "original": state_shapes(skeleton)}
+    sizes = {"finetuned": state_bytes(skeleton), "original": state_bytes(skeleton)}
+    if block.refine is not None:
+        k = block.refine.kernel_size
+        expected["refine"] = {"weight": (width, width, k, k), "bias": (width,)}
+        sizes["refine"] = 4 * width * (width * k * k + 1)
+    if block.gmae is not None:
+        with torch.device("meta"):
+            decoder = build_decoder(block.gmae, skeleton)
+        expected["decoder"] = state_shapes(decoder)
+        sizes["decoder"] = state_bytes(decoder)
+    wanted = {role: Path(path) for role, path in files.items() if path is not None}
+    check_bytes(sum(sizes.get(role, 0) for role in wanted), where,
+                f"loading {' + '.join(wanted) or 'this repo'}")
+    for role, path in wanted.items():
+        if role not in expected:
+            raise RepoFormatError(f"{where}: config.json declares no {role} for {path}")
+        if not path.is_file():
+            raise RepoFormatError(f"{path}: missing; a FiT3D repo needs it")
+        if path.suffix != ".safetensors":
+            continue
+        try:
+            shapes, metadata = read_header(path)
+        except CheckpointError as err:
+            raise RepoWeightsError(str(err)) from None
+        if role == "original" and base_from_timm:
+            keep = drop_prefixes(dict.fromkeys(shapes), classifier_prefixes(skeleton))
+            shapes = {k: v for k, v in shapes.items() if k in keep}
+        elif config.write_id is not None and metadata.get(WRITE_ID_KEY, config.write_id) \
+                != config.write_id:
+            raise RepoFormatError(f"{path}: written by another save than {where} (save id "
+                                  f"{metadata[WRITE_ID_KEY][:8]} vs {config.write_id[:8]}): "
+                                  "the repo mixes two saves; save or download it again")
+        if not shapes:
+            raise RepoFormatError(f"{path}: holds no tensors")
+        check_shapes(expected[role], shapes, str(path))  # CheckpointError, as on load
+        if read_weights:
+            _finite(path)
+
+
+def validate_repo(directory: str | Path) -> RepoConfig:
+    """Check that ``directory`` is a complete repo that loads (before pushing it): config.json,
+    the files it needs, their keys and shapes, finite weights; returns its config."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RepoFormatError(f"{directory}: no such directory")
+    finish_interrupted_save(directory)
     config = read_config(directory / CONFIG_NAME)
     method = get_method(config.fit3d.method)
     if "refine" in method.repo_extras and config.fit3d.refine is None:
@@ -125,23 +216,32 @@ def validate_repo(directory: str | Path) -> RepoConfig:
     if "gmae_decoder" in method.repo_extras and config.fit3d.gmae is None:
         raise RepoFormatError(f"{directory / CONFIG_NAME}: a {method.name} repo needs "
                               "'fit3d.gmae' (its decoder)")
-    names = [WEIGHTS_NAME] + ([BASE_WEIGHTS_NAME] if (directory / BASE_WEIGHTS_NAME).exists()
-                              else [])
+    files = {"finetuned": directory / WEIGHTS_NAME}
+    if (directory / BASE_WEIGHTS_NAME).exists():
+        files["original"] = directory / BASE_WEIGHTS_NAME
     if config.fit3d.refine is not None:
-        names.append(config.fit3d.refine.filename)
+        files["refine"] = directory / config.fit3d.refine.filename
     if config.fit3d.gmae is not None:
-        names.append(config.fit3d.gmae.filename)
-    for name in names:
-        path = directory / name
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                if not list(fh.keys()):
-                    raise RepoFormatError(f"{path}: holds no tensors")
-        except FileNotFoundError:
-            raise RepoFormatError(f"{path}: missing; a FiT3D repo needs it") from None
-        except (SafetensorError, OSError) as err:
-            raise RepoFormatError(f"{path}: not a readable safetensors file: {err}") from None
-    if BASE_WEIGHTS_NAME not in names and config.base is None and method.branches == 2:
+        files["decoder"] = directory / config.fit3d.gmae.filename
+    check_weights(config, files, read_weights=True)
+    if "original" not in files and config.base is None and method.branches == 2:
         raise RepoFormatError(f"{directory}: has no {BASE_WEIGHTS_NAME} and config.json "
                               "'fit3d.base' is null: the original backbone cannot be found")
     return config
+
+
+def finish_interrupted_save(directory: Path) -> None:
+    """Complete a save that a kill cut short after it had committed (all new files written);
+    a folder this process cannot finish it in is refused in one line."""
+    from fit3d_hub.atomic import finish_commit, pending_commit
+
+    if not pending_commit(directory):
+        return
+    try:
+        finish_commit(directory)
+    except FiT3DError as err:
+        raise RepoFormatError(f"{directory}: a save was interrupted and cannot be finished "
+                              f"here ({err}); save the repo again") from None
+    if pending_commit(directory):
+        raise RepoFormatError(f"{directory}: another process is saving this repo now; load "
+                              "it when that save is done")

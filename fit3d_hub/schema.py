@@ -8,6 +8,7 @@ Reading lives here; writing and validation in :mod:`fit3d_hub.repo_format`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ BASE_WEIGHTS_NAME = "base.safetensors"
 REFINE_WEIGHTS_NAME = "refine.safetensors"
 GMAE_DECODER_NAME = "gmae_decoder.safetensors"
 CARD_NAME = "README.md"
+WRITE_ID_KEY = "fit3d_write_id"
+"""config.json's key, and every weights file's header metadata key, holding the id of the
+save that wrote them: files of two saves do not load together."""
 FORMAT_VERSION = 1
 
 MODES = ("concat", "finetuned", "original")
@@ -123,8 +127,11 @@ class GmaeSpec:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise RepoFormatError(f"{where}: field 'fit3d.gmae.{key}' must be a positive "
                                       f"int; got {v!r}")
+        if values["dim"] % values["heads"]:
+            raise RepoFormatError(f"{where}: field 'fit3d.gmae.heads' ({values['heads']}) must "
+                                  f"divide 'fit3d.gmae.dim' ({values['dim']})")
         for key in ("scale_factor", "mask_ratio"):
-            if not isinstance(values[key], (int, float)) or not values[key] > 0:
+            if not isinstance(values[key], (int, float)) or not 0 < values[key] < float("inf"):
                 raise RepoFormatError(f"{where}: field 'fit3d.gmae.{key}' must be a positive "
                                       f"number; got {values[key]!r}")
         name = values["filename"]
@@ -198,6 +205,11 @@ class Fit3DBlock:
             if (not isinstance(value, list) or len(value) != 3
                     or not all(isinstance(v, (int, float)) for v in value)):
                 raise RepoFormatError(f"{where}: field 'fit3d.{key}' must be 3 numbers")
+            if not all(math.isfinite(v) for v in value) or (
+                    key == "std" and not all(v > 0 for v in value)):
+                raise RepoFormatError(f"{where}: field 'fit3d.{key}' must be 3 finite numbers"
+                                      f"{', each above 0' if key == 'std' else ''}; got "
+                                      f"{value!r}")
             values[key] = tuple(float(v) for v in value)
         if raw.get("base") is not None:
             values["base"] = BaseRef.from_json(raw["base"], where)
@@ -223,6 +235,10 @@ class RepoConfig:
     model_args: dict[str, Any]
     pretrained_cfg: dict[str, Any]
     fit3d: Fit3DBlock = field(default_factory=Fit3DBlock)
+    source: str = field(default=CONFIG_NAME, compare=False)
+    """The file it was read from, for error messages."""
+    write_id: str | None = field(default=None, compare=False)
+    """The save that wrote the repo (``None``: written before fit3d-hub stamped saves)."""
 
     @property
     def base(self) -> BaseRef | None:
@@ -247,6 +263,14 @@ def read_config(path: str | Path) -> RepoConfig:
         raise RepoFormatError(f"{path}: field 'model_args' must be an object")
     if not isinstance(pretrained_cfg, dict):
         raise RepoFormatError(f"{path}: field 'pretrained_cfg' must be an object")
+    for key in ("mean", "std"):  # what timm's data config (and ours, as a fallback) reads
+        value = pretrained_cfg.get(key)
+        if value is not None and not (
+                isinstance(value, list) and len(value) == 3
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+                and (key == "mean" or all(v > 0 for v in value))):
+            raise RepoFormatError(f"{path}: field 'pretrained_cfg.{key}' must be 3 finite "
+                                  f"numbers{' above 0' if key == 'std' else ''}; got {value!r}")
     if "fit3d" not in raw:
         raise RepoFormatError(f"{path}: no 'fit3d' block: this is a plain timm repo, not a "
                               "FiT3D repo (load it with timm.create_model)")
@@ -254,4 +278,6 @@ def read_config(path: str | Path) -> RepoConfig:
         raise RepoFormatError(f"{path}: field 'fit3d' must be a dict; got "
                               f"{type(raw['fit3d']).__name__}")
     return RepoConfig(architecture, model_args, pretrained_cfg,
-                      Fit3DBlock.from_json(raw["fit3d"], str(path)))
+                      Fit3DBlock.from_json(raw["fit3d"], str(path)), source=str(path),
+                      write_id=raw.get(WRITE_ID_KEY) if isinstance(raw.get(WRITE_ID_KEY), str)
+                      else None)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fit3d_hub.atomic import atomic_path
+from fit3d_hub.budget import check_bytes
 from fit3d_hub.errors import CheckpointError, UnsafeCheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -30,6 +31,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
+        check_bytes(path.stat().st_size, str(path), "reading these weights")
         try:
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
@@ -52,6 +54,7 @@ def read_pickle_object(path: str | Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    check_bytes(_unpacked_bytes(path), str(path), "unpacking this pickle")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -64,6 +67,43 @@ def read_pickle_object(path: str | Path) -> object:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
                               ) from None
+
+
+def _unpacked_bytes(path: Path) -> int:
+    """What a pickle takes in memory once read: a zip archive (PyTorch's format) by the sizes
+    its directory declares, so a deflate bomb is caught before it inflates; an old-style
+    pickle by its file size."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return max(size, sum(info.file_size for info in archive.infolist()))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return size
+
+
+def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor names and shapes, and the metadata, from a safetensors header alone (no
+    tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            names = fh.keys()
+            return ({k: tuple(fh.get_slice(k).get_shape()) for k in names},
+                    dict(fh.metadata() or {}))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such weights file") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or "
+                              f"corrupt?): {err}") from None
+
+
+def check_nonfinite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or Inf, naming the first tensor that does."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: tensor {key!r} holds NaN or Inf values; "
+                                  "these weights would give non-finite features")
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -90,11 +130,12 @@ def _listing(keys: list[str]) -> str:
     return shown + (f" (+{extra} more)" if extra > 0 else "")
 
 
-def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with an error naming what does not fit."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
+                 source: str) -> None:
+    """Raise :class:`CheckpointError` naming the keys and shapes of ``found`` (a checkpoint)
+    that differ from ``expected`` (the model)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -102,11 +143,19 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
         if unexpected:
             parts.append(f"unexpected keys: {_listing(unexpected)}")
         raise CheckpointError(f"{source}: checkpoint does not match the model; " + "; ".join(parts))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-             for k, v in expected.items() if state[k].shape != v.shape]
+    wrong = [f"{k} {tuple(found[k])} vs {tuple(v)}"
+             for k, v in expected.items() if tuple(found[k]) != tuple(v)]
     if wrong:
         raise CheckpointError(f"{source}: checkpoint shapes do not match the model "
                               f"(checkpoint vs model): {_listing(wrong)}")
+
+
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with an error naming what does not fit;
+    weights with NaN or Inf are refused."""
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in state.items()}, source)
+    check_nonfinite(state, source)
     model.load_state_dict(state, strict=True)
 
 

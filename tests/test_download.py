@@ -54,8 +54,9 @@ def test_download_then_offline_load(hub, tiny_pair, tmp_path):
         proc = _cli(endpoint, cache, "someone/fit3d-tiny", "--revision", "v2")
         assert proc.returncode == 0, proc.stderr
     fetched = {r.split()[1].split("/resolve/")[1] for r in hub.requests if r.startswith("GET")}
-    # v2's config.json has the same bytes as main's: the cache reuses the blob, no GET.
-    assert fetched == {"main/config.json", "main/model.safetensors", "v2/model.safetensors"}
+    # each save stamps its own id into config.json, so v2's config is fetched too
+    assert fetched == {"main/config.json", "main/model.safetensors", "v2/config.json",
+                       "v2/model.safetensors"}
     assert any("tiny-base/resolve/main/model.safetensors" in r for r in hub.requests)
 
     served = len(hub.requests)

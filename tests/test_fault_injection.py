@@ -93,7 +93,7 @@ def _kill_and_resume(cmd: list[str], cwd: Path, saved: str, outputs: Path,
                            timeout=300, check=False)
     assert final.returncode == 0, final.stderr[-3000:]
     _check_no_partial(outputs)
-    leftovers = [p for p in outputs.rglob("*.tmp-*")] if outputs.exists() else []
+    leftovers = [p for p in outputs.rglob("*fit3d-tmp-*")] if outputs.exists() else []
     assert not leftovers, f"temporaries left after the final run: {leftovers}"
     return killed
 

@@ -353,7 +353,7 @@ def test_full_disk_keeps_the_old_output_and_is_one_line(work, tmp_path, kind):
     line = _error_line(proc.stderr)
     assert "could not write" in line and "File too large" in line, line
     assert target.read_bytes() == old
-    assert not [p for p in tmp_path.rglob("*.tmp-*")], "a temporary was left behind"
+    assert not [p for p in tmp_path.rglob("*fit3d-tmp-*")], "a temporary was left behind"
 
 
 def test_one_process_may_run_sessions_of_different_precision():
