@@ -66,6 +66,7 @@ from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import UsageError
 from fit3d_hub.loading import model_id
 from fit3d_hub.results import Result
+from fit3d_hub.runs import claim_output
 from fit3d_hub.schema import MODES
 from fit3d_hub.transforms import normalize
 
@@ -487,6 +488,8 @@ class ProbeArgs:
                                         "written)")
     resume: bool = option(False, help="continue from the newest checkpoint (same settings "
                           "only)")
+    overwrite: bool = option(False, help="start over where an earlier run left checkpoints "
+                             "(they are deleted)")
 
     def __post_init__(self) -> None:
         if self.save_every < 0:
@@ -512,7 +515,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         with accelerator_session() as accelerator:
-            return _run(args, accelerator)
+            if args.checkpoint_dir is None:
+                return _run(args, accelerator)
+            # the checkpoint folder is the run's: one run at a time, never two runs mixed
+            settings = {k: v for k, v in asdict(args).items() if k not in ("resume",
+                                                                             "overwrite")}
+            with claim_output(args.checkpoint_dir, command=PROG, settings=settings,
+                              resume=args.resume, overwrite=args.overwrite,
+                              checkpoints=args.checkpoint_dir, accelerator=accelerator):
+                return _run(args, accelerator)
 
     return commandline.run(PROG, body)
 

@@ -6,7 +6,9 @@ results JSON and are labelled as measured here.
 
 from __future__ import annotations
 
+import html
 import json
+from dataclasses import fields, replace
 from importlib import resources
 from typing import Any
 
@@ -50,6 +52,18 @@ def _eval_result(task: str, dataset: str, dataset_name: str, metric: str, value:
     )
 
 
+def _text(value: object) -> str:
+    """A value from a file, safe in the card's Markdown: one line, no table-breaking ``|``,
+    HTML escaped (a results file cannot put markup or script into the card)."""
+    line = " ".join(str(value).split())
+    return html.escape(line, quote=False).replace("|", "\\|").replace("`", "'")
+
+
+def _safe_result(r: Result) -> Result:
+    return replace(r, **{f.name: _text(getattr(r, f.name)) for f in fields(r)
+                         if isinstance(getattr(r, f.name), str)})
+
+
 def render_card(config: RepoConfig, *, results: list[Result] | None = None,
                 repo_id: str | None = None, results_source: str | None = None) -> str:
     """The README.md of a FiT3D repo described by ``config``."""
@@ -62,13 +76,13 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     # The shipped paper figures are FiT3D's; they describe no other method's weights.
     paper_rows = (meta["backbones"].get(spec.base_name, {}).get("paper_results", [])
                   if spec and fit3d.method == "fit3d" else [])
-    measured = list(results or [])
+    measured = [_safe_result(r) for r in results or []]
     base_model = fit3d.base_model or (spec.base_model if spec else None)
     base = fit3d.base
-    display = spec.display_name if spec else config.architecture
+    display = spec.display_name if spec else _text(config.architecture)
     license_ = (spec.license if spec else None) or config.pretrained_cfg.get("license") or "other"
-    model_name = repo_id.split("/")[-1] if repo_id else (name or
-                                                         f"{fit3d.method}-{config.architecture}")
+    model_name = _text(repo_id.split("/")[-1] if repo_id else (
+        name or f"{fit3d.method}-{config.architecture}"))
 
     training = fit3d.training
     from_authors = training.get("release") == "authors"
@@ -96,16 +110,17 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
     if method.branches == 1:
         base_line = "none: the encoder is trained from scratch"
     elif base:
-        base_line = f"`{base.repo_id}` (`{base.filename}`)"
+        base_line = f"`{_text(base.repo_id)}` (`{_text(base.filename)}`)"
     else:
         base_line = "embedded in this repo (`base.safetensors`)"
     if fit3d_release:
-        training_line = f"{meta['training_data']}; weights from `{training.get('source')}`"
+        training_line = (f"{meta['training_data']}; weights from "
+                         f"`{_text(training.get('source'))}`")
     elif from_authors:
-        training_line = (f"the authors' release `{training.get('source')}` "
+        training_line = (f"the authors' release `{_text(training.get('source'))}` "
                          f"({method.title}, {paper.venue})")
     elif training:
-        training_line = ", ".join(f"{k}: {v}" for k, v in sorted(training.items()))
+        training_line = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in sorted(training.items()))
     else:
         training_line = "not recorded"
     # A measured figure stands beside the paper's only when the paper's protocol produced it.
@@ -123,8 +138,8 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         refined=fit3d.refine is not None,
         one_branch=method.branches == 1,
         display_name=display,
-        load_id=repo_id or name or "<repo id or directory>",
-        architecture=config.architecture,
+        load_id=_text(repo_id or name) if repo_id or name else "<repo id or directory>",
+        architecture=_text(config.architecture),
         patch_size=fit3d.patch_size,
         embed_dim=fit3d.embed_dim,
         out_channels=2 * int(fit3d.embed_dim or 0),
@@ -137,6 +152,6 @@ def render_card(config: RepoConfig, *, results: list[Result] | None = None,
         paper_rows=paper_rows,
         from_authors=from_authors,
         measured_rows=measured,
-        measured_source=results_source,
+        measured_source=_text(results_source) if results_source else results_source,
     )
     return str(card)

@@ -77,6 +77,10 @@ def read_state(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{state_path}: checkpoint version {state.get('version')!r}, "
                               f"this fit3d-hub reads version {VERSION}; finish that run with the "
                               "fit3d-hub that started it, or start a new output folder")
+    for key in ("settings", "parts", "progress"):
+        if not isinstance(state.get(key, {}), dict):
+            raise CheckpointError(f"{state_path}: field {key!r} must be an object; got "
+                                  f"{type(state[key]).__name__}")
     return state
 
 
@@ -147,17 +151,44 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch
     """Inverse of :func:`optimizer_tensors`."""
     state: dict[int, dict[str, Any]] = {}
     head = _key(prefix, "")
-    for key, value in tensors.items():
-        if key.startswith(head):
-            index, name = key[len(head):].split(".", 1)
-            state.setdefault(int(index), {})[name] = value
-    for index, entries in saved.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(entries)
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
-              for g in saved["param_groups"]]
+    try:
+        for key, value in tensors.items():
+            if key.startswith(head):
+                index, name = key[len(head):].split(".", 1)
+                state.setdefault(int(index), {})[name] = value
+        for index, entries in saved.get("scalars", {}).items():
+            state.setdefault(int(index), {}).update(entries)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"optimizer state is malformed ({err})") from None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entries in state.items():
+        if not 0 <= index < len(params):
+            raise CheckpointError(f"optimizer state of parameter {index}; this run has "
+                                  f"{len(params)}")
+        for name, value in entries.items():
+            # moments are shaped like their parameter (PyTorch would not check)
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[index].shape:
+                raise CheckpointError(f"optimizer {name} of parameter {index} has shape "
+                                      f"{tuple(value.shape)}, the parameter "
+                                      f"{tuple(params[index].shape)}")
+    try:
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
+                  for g in saved["param_groups"]]
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"optimizer hyper-parameters are malformed ({err})") from None
+    # every hyper-parameter of this run's optimizer, of the same kind (a learning rate
+    # saved as a string would only fail at the first step)
+    if len(groups) != len(optimizer.param_groups):
+        raise CheckpointError(f"optimizer has {len(groups)} parameter groups; this run has "
+                              f"{len(optimizer.param_groups)}")
+    for i, (group, current) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        for key, value in current.items():
+            if key != "params" and (key not in group or not _same_kind(value, group[key])):
+                raise CheckpointError(f"optimizer group {i}: hyper-parameter {key!r} is "
+                                      f"{group.get(key, '(missing)')!r}")
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"optimizer state {prefix!r} does not fit this run ({err})") \
             from None
 
@@ -174,12 +205,21 @@ def torch_rng_tensors(prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def restore_torch_rng(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    current = torch.get_rng_state()
     if _key(prefix, "cpu") in tensors:
-        torch.set_rng_state(tensors[_key(prefix, "cpu")].to(torch.uint8))
+        saved = tensors[_key(prefix, "cpu")]
+        if saved.shape != current.shape or saved.dtype != current.dtype:
+            raise CheckpointError(f"CPU generator state has {saved.numel()} {saved.dtype} "
+                                  f"values; this PyTorch's has {current.numel()} "
+                                  f"{current.dtype}")
+        torch.set_rng_state(saved)
     if torch.cuda.is_available():
         states = [tensors[_key(prefix, f"cuda.{i}")] for i in range(torch.cuda.device_count())
                   if _key(prefix, f"cuda.{i}") in tensors]
         if len(states) == torch.cuda.device_count():
+            if any(a.shape != b.shape for a, b in zip(states, torch.cuda.get_rng_state_all(),
+                                                     strict=True)):
+                raise CheckpointError("CUDA generator states have the wrong size")
             torch.cuda.set_rng_state_all(states)
 
 
@@ -330,7 +370,19 @@ class DictState:
         return tensors, {k: v for k, v in self.values.items() if not torch.is_tensor(v)}
 
     def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
-        self.values.update(saved or {})
+        saved = saved or {}
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"expected an object; got {type(saved).__name__}")
+        for key, value in self.values.items():
+            if torch.is_tensor(value):
+                if key not in tensors:
+                    raise CheckpointError(f"tensor {key!r} is missing")
+            elif key not in saved:
+                raise CheckpointError(f"field {key!r} is missing")
+            elif not _same_kind(value, saved[key]):
+                raise CheckpointError(f"field {key!r} is {saved[key]!r}; expected a "
+                                      f"{type(value).__name__}")
+        self.values.update(saved)
         self.values.update({k: v.to(self.device) if self.device is not None else v
                             for k, v in tensors.items()})
 
@@ -347,8 +399,31 @@ class DataclassState:
         return {}, dataclasses.asdict(self.obj)
 
     def load(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
-        for key, value in dict(saved).items():
+        known = {f.name: getattr(self.obj, f.name) for f in dataclasses.fields(self.obj)}
+        if not isinstance(saved, dict) or set(saved) != set(known):
+            raise CheckpointError(f"expected the fields {sorted(known)}; got "
+                                  f"{sorted(saved) if isinstance(saved, dict) else saved!r}")
+        for key, value in saved.items():
+            if not _same_kind(known[key], value) or (isinstance(value, int) and value < 0):
+                raise CheckpointError(f"field {key!r} is {value!r}; expected a non-negative "
+                                      f"{type(known[key]).__name__}")
+        for key, value in saved.items():
             setattr(self.obj, key, value)
+
+
+def _same_kind(current: Any, saved: Any) -> bool:
+    """Whether a saved JSON value can stand for ``current`` (ints for ints, numbers for
+    floats, the same container type)."""
+    if isinstance(current, bool) or isinstance(saved, bool):
+        return isinstance(current, bool) and isinstance(saved, bool)
+    if isinstance(current, int):
+        return isinstance(saved, int)
+    if isinstance(current, float):
+        return isinstance(saved, (int, float))
+    if current is None:
+        return True
+    return isinstance(saved, type(current)) or (isinstance(current, tuple)
+                                                and isinstance(saved, list))
 
 
 class NonFiniteStateError(TrainingStopped):
@@ -442,7 +517,15 @@ class Checkpointer:
         found = self.latest()
         if found is None:
             return None
-        return SavedRun(read_checkpoint(found, self.settings, self.may_change), self.rank)
+        saved = SavedRun(read_checkpoint(found, self.settings, self.may_change), self.rank)
+        step = saved.checkpoint.state.get("progress", {}).get("step") \
+            if isinstance(saved.checkpoint.state.get("progress"), dict) else None
+        # progress is checked against the checkpoint itself: its folder is named by its step
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0 \
+                or found.name != self.path(step).name:
+            raise CheckpointError(f"{found}: progress step {step!r} does not match the "
+                                  f"checkpoint's name; the state was edited or damaged")
+        return saved
 
     def restore(self, shared: Mapping[str, Stateful],
                 per_process: Mapping[str, Stateful] | None = None) -> int | None:
@@ -495,4 +578,4 @@ class SavedRun:
         try:
             part.load(tensors, saved)
         except CheckpointError as err:
-            raise CheckpointError(f"{path}: {err}") from None
+            raise CheckpointError(f"{path}: {name}: {err}") from None

@@ -286,16 +286,9 @@ class LayersArgs:
 
 
 def _read_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from fit3d_hub.images import read_image
 
-    from fit3d_hub.images import to_rgb8
-
-    try:
-        return to_rgb8(Image.open(path))
-    except FileNotFoundError:
-        raise FiT3DError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise FiT3DError(f"{path}: not a readable image ({err})") from None
+    return read_image(path)
 
 
 @dataclass

@@ -101,8 +101,7 @@ def claim_output(output: str | Path, *, command: str, settings: Mapping[str, Any
                                  "choose another --output") from None
         record = read_record(output)
         finished = bool(resume and record and record.get("finished")
-                        and record.get("settings_hash") == digest
-                        and not _has_checkpoints(checkpoints))
+                        and record.get("settings_hash") == digest)
         if not resume and _has_checkpoints(checkpoints) and not overwrite:
             raise UsageError(f"--output {output}: holds checkpoints of an earlier run "
                              f"({_holder(record)}); pass --resume to continue it, or "

@@ -41,6 +41,9 @@ def _camera_from(model: str, width: int, height: int, params: list[float], where
     if model not in PINHOLES:
         raise SceneError(f"{where}: camera model {model} has distortion; undistort the images "
                          "first (PINHOLE or SIMPLE_PINHOLE expected)")
+    count = 3 if model == "SIMPLE_PINHOLE" else 4
+    if len(params) != count:
+        raise SceneError(f"{where}: a {model} camera has {count} parameters; got {len(params)}")
     if model == "SIMPLE_PINHOLE":
         f, cx, cy = params
         return f, f, cx, cy, width, height

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fit3d_hub.images import to_rgb8
+from fit3d_hub.images import read_image
 from scenes.types import SceneError
 
 
@@ -25,11 +25,10 @@ def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB as stored, or resized (bicubic, antialiased) to ``size`` =
     (width, height): the image as a preprocessing step that downscaled the files would have
     stored it."""
-    with Image.open(path) as img:
-        img = to_rgb8(img)  # 16-bit images scaled, not clipped
-        if size is not None and img.size != tuple(size):
-            img = img.resize(tuple(size), Image.BICUBIC)
-        return np.array(img)
+    img = read_image(path, error=SceneError)  # 16-bit images scaled, not clipped
+    if size is not None and img.size != tuple(size):
+        img = img.resize(tuple(size), Image.BICUBIC)
+    return np.array(img)
 
 
 def load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -48,7 +48,8 @@ def _pose(frame: dict, where: str) -> np.ndarray:
 
 
 def _check_undistorted(obj: dict, where: str) -> None:
-    bad = [k for k in DISTORTION if abs(float(obj.get(k) or 0.0)) > 1e-9]
+    bad = [k for k in DISTORTION
+           if obj.get(k) is not None and abs(_number(obj, k, where)) > 1e-9]
     if bad:
         raise SceneError(f"{where}: distortion {bad} is non-zero; undistort the images first "
                          "(as ScanNet++'s toolkit does)")
@@ -78,7 +79,8 @@ def parse_frames(meta: dict, path: Path, resolve: FileResolver) -> list[Frame]:
             camera = Camera(fx, fy, cx, cy, int(w), int(h), w2c)
             frames.append(Frame(
                 name=Path(fr["file_path"]).stem, camera=camera, split=split,
-                depth_scale=float(fr.get("depth_scale", meta.get("depth_scale", 1000.0))),
+                depth_scale=_number(fr, "depth_scale", where, meta)
+                if "depth_scale" in fr or "depth_scale" in meta else 1000.0,
                 **resolve(fr, where)))
     return frames
 

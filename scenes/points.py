@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fit3d_hub.budget import check_bytes
 from scenes.types import SceneError
 
 _PLY_TYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1",
@@ -23,6 +24,8 @@ def read_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_points3d_txt(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    # parsed as Python floats first: about 12 times the text in memory
+    check_bytes(12 * path.stat().st_size, str(path), "parsing these points")
     xyz, rgb = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):

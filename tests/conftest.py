@@ -54,3 +54,9 @@ def hub_cache(tmp_path, tiny_spec, tiny_pair) -> Path:
     put_in_cache(cache, tiny_spec.finetuned_repo,
                  {tiny_spec.finetuned_file: pth_bytes(finetuned, scratch, "ft.pth")})
     return cache
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz", type=int, default=0, metavar="N",
+                     help="cases per target in tests/test_fuzz.py (default: its short run; "
+                          "nightly: --fuzz 2000)")

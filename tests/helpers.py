@@ -119,3 +119,14 @@ def equivariance_by_hand(vit: torch.nn.Module, source: Path, blocks: int = 2
     conv = refine_conv(int(vit.embed_dim))
     conv.load_state_dict(raw["state_dict"]["refine_conv"])
     return EquivarianceNet(vit, conv).eval()
+
+
+def as_if_killed(output: Path) -> None:
+    """Make a finished run's folder look like one killed before it wrote its output (its run
+    record not yet marked finished), so that --resume continues from its checkpoints."""
+    import json
+
+    from fit3d_hub.runs import RECORD
+
+    record = json.loads((Path(output) / RECORD).read_text())
+    (Path(output) / RECORD).write_text(json.dumps({**record, "finished": False}))

@@ -202,3 +202,15 @@ def test_a_kill_at_every_write_and_rename_leaves_the_old_repo_or_the_new(tiny_pa
             break
         assert point < 50
     assert point > 3  # the save did go through several faultable steps
+
+
+def test_card_text_from_files_is_escaped(repo):
+    from fit3d_hub.cards import render_card
+    from fit3d_hub.results import Result
+    from fit3d_hub.schema import read_config
+
+    evil = Result("segmentation", "ade20k",
+                  "ADE\n| injected | row |\n<script>alert(1)</script>", "mIoU", 0.5)
+    card = render_card(read_config(repo / "config.json"), results=[evil])
+    assert "<script>" not in card and "&lt;script&gt;" in card
+    assert "\n| injected" not in card and "\\| injected \\|" in card

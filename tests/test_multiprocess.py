@@ -60,6 +60,7 @@ def test_probe_and_correspondence_pool_results_across_processes(setup):
 
 def test_gmae_trains_under_ddp_and_resumes_bit_identically(setup):
     import numpy as np
+    from helpers import as_if_killed
     from PIL import Image
 
     from fit3d_hub import load_fit3d
@@ -84,6 +85,7 @@ def test_gmae_trains_under_ddp_and_resumes_bit_identically(setup):
     checkpoints = sorted((setup / "run" / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["step_00000003", "step_00000004"]
     shutil.rmtree(checkpoints[-1])
+    as_if_killed(setup / "run")
     proc = _torchrun("training.gmae", *tiny, "--output", "run", "--epochs", "2", "--resume",
                      cwd=setup)
     assert proc.returncode == 0, proc.stderr[-3000:]

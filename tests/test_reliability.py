@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import as_if_killed
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -151,6 +152,7 @@ def test_resume_never_unpickles_a_planted_file(work, tmp_path, monkeypatch, caps
     out = tmp_path / "run"
     if kind == "finetune":
         assert finetune_main(_finetune_args(work, out)) == 0
+        as_if_killed(out)
         ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
     elif kind == "lift":
         ckpt = _interrupted_lift(work, out)

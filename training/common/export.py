@@ -60,3 +60,24 @@ def export_repo(output: Path, teacher: FiT3D | None, finetuned: nn.Module, *, me
     log(f"wrote {output} ({summary['steps']} steps, final loss "
         f"{summary['final_loss']:.4f}); load it with fit3d_hub.load_fit3d({str(output)!r})")
     return model
+
+
+def finished_summary(output: Path, claim: Any, log: Callable[[str], None] = print) -> dict:
+    """What ``--resume`` of a finished run returns (``claim``: its
+    :class:`~fit3d_hub.runs.RunClaim`): its summary, with nothing changed."""
+    if claim.main:
+        log(f"{output}: this run finished ({claim.record.get('finished_at', 'earlier')}) "
+            "with these settings; nothing to do")
+    try:
+        return json.loads((output / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def run_settings(run: Any) -> dict:
+    """A run's flags as its ownership record hashes them: how it runs (resuming, starting
+    over, where the cache is) left out."""
+    from dataclasses import asdict
+
+    skip = {"resume", "overwrite", "cache_dir", "workers"}
+    return {k: v for k, v in asdict(run).items() if k not in skip}

@@ -25,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
                                       argv=argv)
     return commandline.run(PROG, lambda: run_equivariance(
         run.scenes, run.backbone, run.output, config, mixed_precision=run.mixed_precision,
-        resume=run.resume, cache_dir=run.cache_dir))
+        resume=run.resume, overwrite=run.overwrite, cache_dir=run.cache_dir))

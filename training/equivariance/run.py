@@ -15,8 +15,9 @@ from fit3d_hub.errors import UsageError
 from fit3d_hub.loading import model_id
 from fit3d_hub.lora import add_lora, merge_lora
 from fit3d_hub.refine import refine_conv
+from fit3d_hub.runs import claim_output
 from scenes.load import scene_paths
-from training.common.export import export_repo, provenance
+from training.common.export import export_repo, finished_summary, provenance
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.equivariance.config import EquivarianceConfig
 from training.equivariance.network import EquivarianceNet
@@ -41,15 +42,25 @@ def check_backbone(vit: torch.nn.Module, name: str, config: EquivarianceConfig) 
 
 def run_equivariance(scenes: str | Path, backbone: str, output: str | Path,
                      config: EquivarianceConfig, *, mixed_precision: str = "no",
-                     resume: bool = False, cache_dir: str | None = None, progress: bool = True,
+                     resume: bool = False, overwrite: bool = False,
+                     cache_dir: str | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> dict:
     """Fine-tune ``backbone`` on ``scenes`` and write the repo ``output``; returns the
     training summary. Raises :class:`~fit3d_hub.errors.FiT3DError` for bad input (before
-    any work) and :class:`~fit3d_hub.errors.TrainingStopped` when training cannot go on."""
-    with accelerator_session(mixed_precision=mixed_precision) as accelerator:
-        return _run(accelerator, scenes, backbone, Path(output), config,
-                    mixed_precision=mixed_precision, resume=resume, cache_dir=cache_dir,
-                    progress=progress, log=log)
+    any work) and :class:`~fit3d_hub.errors.TrainingStopped` when training cannot go on.
+    The run claims ``output`` (:func:`fit3d_hub.runs.claim_output`)."""
+    settings = {"scenes": str(Path(scenes).resolve()), "backbone": model_id(backbone),
+                "config": config.to_json(), "mixed_precision": mixed_precision}
+    with accelerator_session(mixed_precision=mixed_precision) as accelerator, \
+            claim_output(output, command=COMMAND, settings=settings, resume=resume,
+                         overwrite=overwrite, accelerator=accelerator) as claim:
+        if claim.finished:
+            return finished_summary(Path(output), claim, log)
+        summary = _run(accelerator, scenes, backbone, Path(output), config,
+                       mixed_precision=mixed_precision, resume=resume, cache_dir=cache_dir,
+                       progress=progress, log=log)
+        claim.finish()
+        return summary
 
 
 def _run(accelerator, scenes, backbone: str, output: Path, config: EquivarianceConfig, *,

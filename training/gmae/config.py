@@ -95,6 +95,8 @@ class GmaeRun:
     mixed_precision: str = option("no", choices=MIXED_PRECISION, help="Accelerate's mixed "
                                   "precision (the authors train in fp32)")
     resume: bool = option(False, help="continue from the last checkpoint")
+    overwrite: bool = option(False, help="start over in an --output holding an earlier run's "
+                             "checkpoints (they are deleted)")
     backend: str = option("auto", choices=BACKENDS, help="rasterizer")
     workers: int = option(4, help="DataLoader worker processes decoding and augmenting")
     skip_unreadable: bool = option(False, help="skip unreadable or truncated images (counted) "

@@ -13,8 +13,9 @@ from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.gmae import build_decoder
 from fit3d_hub.registry import IMAGENET_MEAN, IMAGENET_STD
 from fit3d_hub.render.backends import resolve_backend
+from fit3d_hub.runs import claim_output
 from fit3d_hub.schema import Fit3DBlock, GmaeSpec
-from training.common.export import export_repo, provenance
+from training.common.export import export_repo, finished_summary, provenance, run_settings
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.gmae.config import GmaeConfig, GmaeRun
 from training.gmae.data import Augment, TrainingImages, hf_images, list_images
@@ -58,7 +59,13 @@ def run_gmae(run: GmaeRun, config: GmaeConfig, *, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
     """Train on ``run.images`` and write the repo ``run.output``; returns the summary."""
     with accelerator_session(mixed_precision=run.mixed_precision,
-                             gradient_accumulation_steps=config.grad_accum) as accelerator:
+                             gradient_accumulation_steps=config.grad_accum) as accelerator, \
+            claim_output(run.output, command=COMMAND,
+                         settings={"run": run_settings(run), "config": config.to_json()},
+                         resume=run.resume, overwrite=run.overwrite,
+                         accelerator=accelerator) as claim:
+        if claim.finished:
+            return finished_summary(Path(run.output), claim, log)
         backend = resolve_backend(run.backend)
         model = build_model(config, backend)
         images = training_images(run, config, model.patch)
@@ -97,4 +104,5 @@ def run_gmae(run: GmaeRun, config: GmaeConfig, *, progress: bool = True,
             export_repo(output, None, encoder, method=METHOD, training=training,
                         decoder=trained.decoder, block=block, log=log,
                         summary={**summary, "config": config.to_json()})
+        claim.finish()
         return summary

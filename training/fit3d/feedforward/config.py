@@ -90,6 +90,8 @@ class FeedForwardRun:
     mixed_precision: str = option("no", choices=MIXED_PRECISION, help="Accelerate's mixed "
                                   "precision")
     resume: bool = option(False, help="continue from the last checkpoint")
+    overwrite: bool = option(False, help="start over in an --output holding an earlier run's "
+                             "checkpoints (they are deleted)")
     cache_dir: str | None = option(None, help="Hugging Face cache for the backbone's weights")
 
 

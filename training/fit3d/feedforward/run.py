@@ -22,10 +22,11 @@ from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import FiT3DError, OutputWriteError
 from fit3d_hub.loading import model_id
 from fit3d_hub.render.backends import resolve_backend
+from fit3d_hub.runs import claim_output
 from fit3d_hub.weights import read_state_dict, save_state_dict
 from scenes.load import scene_paths
 from scenes.types import SceneError
-from training.common.export import write_summary
+from training.common.export import finished_summary, run_settings, write_summary
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.fit3d.feedforward.config import FeedForwardConfig, FeedForwardRun, LiftRun
 from training.fit3d.feedforward.data import (
@@ -51,6 +52,9 @@ LIFTER_NAME = "feedforward"
 
 class LifterFileError(FiT3DError, ValueError):
     """A lifter folder that is missing, unreadable or does not fit the teacher."""
+
+
+COMMAND = "training.fit3d.feedforward"
 
 
 def lifter_shape(config: FeedForwardConfig, teacher_dim: int) -> LifterShape:
@@ -132,7 +136,13 @@ def run_training(run: FeedForwardRun, config: FeedForwardConfig, *, progress: bo
     """Train a lifter on ``run.scenes`` and write it to ``run.output``; returns the summary
     (with held-out scenes' figures when ``config.holdout_scenes``)."""
     with accelerator_session(mixed_precision=run.mixed_precision,
-                             gradient_accumulation_steps=config.grad_accum) as accelerator:
+                             gradient_accumulation_steps=config.grad_accum) as accelerator, \
+            claim_output(run.output, command=COMMAND,
+                         settings={"run": run_settings(run), "config": config.to_json()},
+                         resume=run.resume, overwrite=run.overwrite,
+                         accelerator=accelerator) as claim:
+        if claim.finished:
+            return finished_summary(Path(run.output), claim, log)
         backend = resolve_backend(run.backend)
         train_paths, held_paths = split_scenes(scene_paths(run.scenes), config.holdout_scenes)
         teacher = load_fit3d(run.backbone, mode="original", device=accelerator.device,
@@ -185,6 +195,7 @@ def run_training(run: FeedForwardRun, config: FeedForwardConfig, *, progress: bo
             log(f"wrote {output / LIFTER_FILE} ({summary['steps']} steps, final loss "
                 f"{summary['final_loss']:.4f}); lift scenes with python -m "
                 f"training.fit3d.feedforward.lift --model {output} --scenes DIR --output DIR")
+        claim.finish()
         return summary
 
 

@@ -26,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
     return commandline.run(PROG, lambda: run_finetune(
         run.lifted, run.backbone, run.output, config, scenes=run.scenes, backend=run.backend,
         lazy=run.lazy, mixed_precision=run.mixed_precision, resume=run.resume,
-        cache_dir=run.cache_dir))
+        overwrite=run.overwrite, cache_dir=run.cache_dir))

@@ -11,8 +11,9 @@ from fit3d_hub import get_transform, load_fit3d
 from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.loading import model_id
 from fit3d_hub.render.backends import resolve_backend
+from fit3d_hub.runs import claim_output
 from scenes.load import scene_paths
-from training.common.export import export_repo, provenance
+from training.common.export import export_repo, finished_summary, provenance
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.fit3d.finetune.config import FinetuneConfig
 from training.fit3d.finetune.data import LiftedStore, check_memory, find_lifted
@@ -24,19 +25,30 @@ COMMAND = "training.fit3d.finetune"
 def run_finetune(lifted: str | Path, backbone: str, output: str | Path,
                  config: FinetuneConfig, *, scenes: str | Path | None = None,
                  backend: str = "auto", lazy: bool = False, mixed_precision: str = "no",
-                 resume: bool = False, cache_dir: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+                 resume: bool = False, overwrite: bool = False, cache_dir: str | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Fine-tune ``backbone`` on the scenes lifted into ``lifted`` and write the repo
-    ``output``; returns the training summary.
+    ``output``; returns the training summary. The run claims ``output``
+    (:func:`fit3d_hub.runs.claim_output`): ``overwrite`` starts over where an earlier run
+    left checkpoints.
 
     Raises :class:`~fit3d_hub.errors.FiT3DError` for bad input (before any work) and
     :class:`~fit3d_hub.errors.TrainingStopped` when training cannot go on.
     """
+    settings = {"lifted": str(Path(lifted).resolve()), "backbone": model_id(backbone),
+                "scenes": str(scenes), "config": config.to_json(),
+                "mixed_precision": mixed_precision}
     with accelerator_session(mixed_precision=mixed_precision,
-                             gradient_accumulation_steps=config.grad_accum) as accelerator:
-        return _run(accelerator, lifted, backbone, Path(output), config, scenes=scenes,
-                    backend=backend, lazy=lazy, mixed_precision=mixed_precision,
-                    resume=resume, cache_dir=cache_dir, progress=progress, log=log)
+                             gradient_accumulation_steps=config.grad_accum) as accelerator, \
+            claim_output(output, command=COMMAND, settings=settings, resume=resume,
+                         overwrite=overwrite, accelerator=accelerator) as claim:
+        if claim.finished:
+            return finished_summary(Path(output), claim, log)
+        summary = _run(accelerator, lifted, backbone, Path(output), config, scenes=scenes,
+                       backend=backend, lazy=lazy, mixed_precision=mixed_precision,
+                       resume=resume, cache_dir=cache_dir, progress=progress, log=log)
+        claim.finish()
+        return summary
 
 
 def _run(accelerator, lifted: str | Path, backbone: str, output: Path, config: FinetuneConfig,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fit3d_hub.budget import check_bytes
 from fit3d_hub.render.sh import num_sh_bases, rgb_to_sh0
 from scenes.types import Scene
 from training.fit3d.lift.config import LearningRates
@@ -161,8 +162,12 @@ class FeatureGaussians(nn.Module):
         else:
             points = random_points_in_frusta(scene, random_points, rng)
             colors = rng.uniform(0, 1, points.shape)
+        n = len(points)
+        # parameters, gradients and two Adam moments of every Gaussian, before allocating
+        floats = 3 + 4 + 3 + 1 + 3 * num_sh_bases(sh_degree) + feature_dim
+        check_bytes(4 * 4 * floats * n, f"{scene.root}: {n} initial points",
+                    "Stage 1's Gaussians (use --max-points)")
         means = torch.tensor(points, dtype=torch.float32)
-        n = len(means)
         shn = torch.zeros(n, num_sh_bases(sh_degree) - 1, 3)
         params = {
             "means": means,
