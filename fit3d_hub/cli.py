@@ -178,6 +178,9 @@ class CardArgs:
 MAX_FEATURE_SIZE = 4096
 """Largest shorter side ``fit3d-hub features --size`` scales to (a ViT's attention grows with
 the square of the token count: 4096 px is 85k DINOv2 tokens)."""
+MAX_FEATURE_TOKENS = 2**17
+"""Most patch tokens ``fit3d-hub features`` runs a backbone on (an image used as is: a
+9000x9000 PNG would be 413k tokens for a patch-14 ViT, hours of attention on a CPU)."""
 
 
 @dataclass
@@ -217,6 +220,17 @@ class FeaturesArgs:
         model = load_fit3d(self.model, revision=self.revision, cache_dir=self.cache_dir,
                            device=self.device)
         transform = get_transform(model, size=self.size)
+        for i, (path, image) in enumerate(zip(self.images, images, strict=True)):
+            h, w = transform.output_size(image.height, image.width)
+            tokens = (h // model.patch_size) * (w // model.patch_size)
+            if tokens > MAX_FEATURE_TOKENS:
+                raise UsageError(f"{path}: {image.width}x{image.height} would be {tokens} "
+                                 f"tokens, over {MAX_FEATURE_TOKENS}; pass --size (e.g. "
+                                 "--size 448) to scale it down first")
+            # shrink a large image in 8 bits first (box filter), not as a float tensor
+            factor = min(image.width // w, image.height // h)
+            if factor >= 2:
+                images[i] = image.reduce(factor)
         inputs, outs = [], []
         for image in images:
             x = transform(image)[None].to(self.device or "cpu")

@@ -57,7 +57,17 @@ class BaseRef:
         unknown = set(raw) - {"repo_id", "filename", "revision"}
         if unknown:
             raise RepoFormatError(f"{where}: unknown keys in 'fit3d.base': {sorted(unknown)}")
-        return cls(raw["repo_id"], raw.get("filename") or WEIGHTS_NAME, raw.get("revision"))
+        filename = raw.get("filename") or WEIGHTS_NAME
+        parts = filename.split("/") if isinstance(filename, str) else []
+        if not parts or filename.startswith("/") or "\\" in filename or \
+                any(p in ("", ".", "..") for p in parts):
+            raise RepoFormatError(f"{where}: field 'fit3d.base.filename' must be a file path "
+                                  f"inside the hub repo; got {filename!r}")
+        revision = raw.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            raise RepoFormatError(f"{where}: field 'fit3d.base.revision' must be a str or "
+                                  f"null; got {type(revision).__name__}")
+        return cls(raw["repo_id"], filename, revision)
 
 
 @dataclass

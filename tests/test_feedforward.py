@@ -189,7 +189,8 @@ def test_bad_input_is_one_line_naming_the_scene_view_or_file(root, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and "bad_scene/transforms.json: frames[2]: field 'cx' must be a finite " \
         "number" in err[-1], err
-    # ... and a COLMAP model, whose reader takes any number, is refused here, naming the view
+    # ... and a COLMAP model with a NaN focal length is refused by the scene reader, naming
+    # the frame and the field
     from test_scene_readers import _write_colmap
 
     colmap = tmp_path / "colmap_scene"
@@ -202,7 +203,7 @@ def test_bad_input_is_one_line_naming_the_scene_view_or_file(root, tmp_path, cap
     code = lift_main(["--model", str(lifter), "--scenes", str(colmap), "--output",
                       str(tmp_path / "l2b")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and "colmap_scene: view" in err[-1] and "non-finite camera" in err[-1], err
+    assert code == 1 and "colmap_scene: frame 'frame_0000': focal length fx=nan" in err[-1], err
     # a teacher of another width
     FiT3D(tiny_vit(0, embed_dim=48), tiny_vit(1, embed_dim=48)).save_pretrained(tmp_path / "w48")
     code = lift_main(["--model", str(lifter), "--scenes", str(root / "scenes"), "--output",

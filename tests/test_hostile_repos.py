@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -214,3 +215,55 @@ def test_card_text_from_files_is_escaped(repo):
     card = render_card(read_config(repo / "config.json"), results=[evil])
     assert "<script>" not in card and "&lt;script&gt;" in card
     assert "\n| injected" not in card and "\\| injected \\|" in card
+
+
+@pytest.mark.parametrize("edit, expected, message", [
+    (lambda shape: shape.update(width=10**6), BudgetError, "'shape' metadata"),
+    (lambda shape: shape.update(width="32"), FiT3DError, "width='32'"),
+    (lambda shape: shape.update(feature_dim=5), CheckpointError, "shapes do not match"),
+])
+def test_lifter_metadata_is_sized_before_allocation(tmp_path, monkeypatch, edit, expected,
+                                                    message):
+    from training.fit3d.feedforward import run as ff
+    from training.fit3d.feedforward.model import FeedForwardLifter, LifterShape
+
+    ff.save_lifter(tmp_path, FeedForwardLifter(LifterShape(teacher_dim=8, feature_dim=4,
+                                                           width=4)), {})
+    path = tmp_path / ff.LIFTER_FILE
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()[ff.META_KEY])
+    edit(meta["shape"])
+    save_file(load_file(str(path)), str(path), metadata={ff.META_KEY: json.dumps(meta)})
+
+    real = ff.FeedForwardLifter
+
+    def meta_only(*args, **kwargs):
+        if torch.get_default_device().type != "meta":
+            raise AssertionError("the lifter was built before its metadata was checked")
+        return real(*args, **kwargs)
+
+    if expected is not CheckpointError:
+        monkeypatch.setattr(ff, "FeedForwardLifter", meta_only)
+    with pytest.raises(expected, match=re.escape(message)):
+        ff.load_lifter(tmp_path)
+
+
+def test_cleanup_removes_only_this_projects_temporaries(tmp_path):
+    mine = tmp_path / ".model.safetensors.fit3d-tmp-999999-abc"
+    hidden_file, hidden_dir = tmp_path / ".notes.tmp-999999-x", tmp_path / ".cache.tmp-999999"
+    for path in (mine, hidden_file):
+        path.write_text("x")
+    hidden_dir.mkdir()
+    atomic.remove_stale_temporaries(tmp_path)
+    assert not mine.exists() and hidden_file.exists() and hidden_dir.exists()
+
+
+@pytest.mark.parametrize("filename", ["../../model.safetensors", "/etc/passwd", "a/../../b",
+                                      "a//b", 7])
+def test_a_path_traversing_base_filename_is_one_line(repo, filename):
+    _edit_config(repo, lambda c: c["fit3d"].update(base={"repo_id": "timm/x",
+                                                         "filename": filename}))
+    with pytest.raises(RepoFormatError, match="'fit3d.base.filename' must be a file path"):
+        load_fit3d(repo)

@@ -109,3 +109,22 @@ def test_point_clouds_and_initial_gaussians_are_budgeted(synthetic, tmp_path, mo
     scene.point_colors = np.zeros((100_000, 3), np.float32)
     with pytest.raises(BudgetError, match="100000 initial points.*--max-points"):
         FeatureGaussians.initialise(scene, feature_dim=64, teacher_dim=32, sh_degree=3)
+
+
+def test_features_refuses_an_image_over_the_token_cap(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    import fit3d_hub.cli as cli
+    from fit3d_hub import FiT3D
+    from fit3d_hub.tiny import demo_backbone
+
+    FiT3D(demo_backbone(0).original, demo_backbone(1).original).save_pretrained(tmp_path / "m")
+    Image.new("RGB", (96, 64), (10, 20, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(cli, "MAX_FEATURE_TOKENS", 50)  # 96x64 at patch 8: 96 tokens
+    args = ["features", str(tmp_path / "big.png"), "--model", str(tmp_path / "m"), "--output",
+            str(tmp_path / "out.png")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "96x64 would be 96 tokens, over 50; pass --size" in err[0]
+    assert not (tmp_path / "out.png").exists()
+    assert cli.main([*args, "--size", "32"]) == 0 and (tmp_path / "out.png").is_file()

@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,19 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from fit3d_hub import FiT3D, load_fit3d
+from fit3d_hub.budget import check_bytes
 from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import FiT3DError, OutputWriteError
 from fit3d_hub.loading import model_id
 from fit3d_hub.render.backends import resolve_backend
 from fit3d_hub.runs import claim_output
-from fit3d_hub.weights import read_state_dict, save_state_dict
+from fit3d_hub.weights import (
+    check_shapes,
+    load_strict,
+    read_header,
+    read_state_dict,
+    save_state_dict,
+)
 from scenes.load import scene_paths
 from scenes.types import SceneError
 from training.common.export import finished_summary, run_settings, write_summary
@@ -102,15 +109,21 @@ def load_lifter(folder: str | Path, device: torch.device | str = "cpu"
                               f"fit3d-hub reads format {FORMAT_VERSION}")
     try:
         shape = LifterShape(**meta["shape"])
-        lifter = FeedForwardLifter(shape)
-    except (TypeError, ValueError, RuntimeError) as err:
+        for f in fields(shape):  # the metadata's sizes are numbers of the declared kind
+            value, kind = getattr(shape, f.name), type(getattr(LifterShape(1), f.name))
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
+                                                         else kind):
+                raise TypeError(f"{f.name}={value!r}")
+        with torch.device("meta"):  # sized and shaped before anything is allocated
+            skeleton = FeedForwardLifter(shape)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
         raise LifterFileError(f"{path}: bad 'shape' metadata ({err})") from None
-    state = read_state_dict(path)
-    try:
-        lifter.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise LifterFileError(f"{path}: tensors do not match its shape ({first})") from None
+    check_bytes(sum(t.numel() * t.element_size() for t in skeleton.state_dict().values()),
+                f"{path}: 'shape' metadata", "this lifter")
+    check_shapes({k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
+                 read_header(path)[0], str(path))
+    lifter = FeedForwardLifter(shape)
+    load_strict(lifter, read_state_dict(path), str(path))
     return lifter.to(device).eval(), meta
 
 
