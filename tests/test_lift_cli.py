@@ -54,7 +54,10 @@ def test_killed_run_resumes_without_redoing_finished_scenes(tmp_path, teacher_di
     proc.wait()
     second = out / "scene_001" / OUTPUT_NAME
     assert not second.exists()
-    leftovers = [p.name for p in out.rglob("*") if p.is_file() and p.name != OUTPUT_NAME]
+    from fit3d_hub.runs import LOCK, RECORD
+
+    leftovers = [p.name for p in out.rglob("*") if p.is_file()
+                 and p.name not in (OUTPUT_NAME, RECORD, LOCK)]  # the run's record and lock
     assert leftovers == []  # a kill leaves no half-written file behind
     finished = first.read_bytes()
 

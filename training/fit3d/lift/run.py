@@ -18,6 +18,7 @@ from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import FiT3DError, OutputWriteError, SettingsChangedError
 from fit3d_hub.loading import model_id
 from fit3d_hub.render.backends import resolve_backend
+from fit3d_hub.runs import claim_output
 from scenes.load import load_scene, scene_paths
 from scenes.types import SceneError
 from scenes.views import load_views
@@ -27,6 +28,7 @@ from training.fit3d.lift.record import LiftedMeta, is_finished, output_path, sav
 from training.fit3d.lift.teacher import compute_teacher_features
 from training.fit3d.lift.trainer import LiftError, SceneViews, lift_scene, scene_training_views
 
+COMMAND = "training.fit3d.lift"
 MAY_CHANGE = ()
 """Stage 1 settings a continued scene may change: none (the schedule depends on them all)."""
 
@@ -91,7 +93,14 @@ def lift_scenes(scenes: str | Path, backbone: str, output: str | Path, config: L
     :class:`~fit3d_hub.errors.SettingsChangedError` when a scene's checkpoint was saved with
     other settings.
     """
-    with accelerator_session() as accelerator:
+    backend = resolve_backend(backend)  # a bad --backend creates no output folder
+    settings = {"scenes": str(scenes), "backbone": model_id(backbone), "backend": backend,
+                "config": config.to_json()}
+    # Stage 1 always continues (finished scenes are skipped, unfinished ones resume from
+    # their checkpoints): the claim is for the lock, so two lifts never share an output
+    with accelerator_session() as accelerator, \
+            claim_output(output, command=COMMAND, settings=settings, resume=True,
+                         checkpoints=Path(output) / CHECKPOINTS, accelerator=accelerator):
         return _lift(accelerator, scenes, backbone, Path(output), config, backend=backend,
                      cache_dir=cache_dir, progress=progress,
                      checkpoint_every=checkpoint_every, log=log)
