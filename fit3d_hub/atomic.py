@@ -71,6 +71,7 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -198,15 +199,7 @@ def _apply(folder: Path, journal: dict) -> None:
             os.replace(folder / tmp, folder / name)
     for name in journal["deletes"]:
         (folder / name).unlink(missing_ok=True)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(folder)  # the renames themselves reach the disk
 
 
 def _read_journal(folder: Path) -> dict | None:
