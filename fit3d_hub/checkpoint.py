@@ -212,7 +212,10 @@ def restore_torch_rng(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> 
             raise CheckpointError(f"CPU generator state has {saved.numel()} {saved.dtype} "
                                   f"values; this PyTorch's has {current.numel()} "
                                   f"{current.dtype}")
-        torch.set_rng_state(saved)
+        try:
+            torch.set_rng_state(saved)
+        except RuntimeError as err:  # the right size, but not a generator state
+            raise CheckpointError(f"CPU generator state is damaged ({err})") from None
     if torch.cuda.is_available():
         states = [tensors[_key(prefix, f"cuda.{i}")] for i in range(torch.cuda.device_count())
                   if _key(prefix, f"cuda.{i}") in tensors]
