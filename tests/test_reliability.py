@@ -365,3 +365,33 @@ def test_one_process_may_run_sessions_of_different_precision():
     for precision in ("no", "bf16", "no"):
         with accelerator_session(mixed_precision=precision) as accelerator:
             assert accelerator.mixed_precision == precision
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("loop", "loop: expected the fields"),  # a progress field deleted by hand
+    ("step", "does not match the checkpoint's name"),  # progress set back to -1
+    ("rng", "rng: CPU generator state has 7"),  # an RNG state of the wrong size
+])
+def test_stage1_refuses_a_damaged_checkpoint_in_one_line(work, tmp_path, capsys, damage,
+                                                         message):
+    out = tmp_path / "run"
+    ckpt = _interrupted_lift(work, out)
+    state = json.loads((ckpt / STATE).read_text())
+    tensors = load_file(str(ckpt / "tensors.safetensors"))
+    if damage == "loop":
+        state["parts"]["loop"].popitem()
+    elif damage == "step":
+        state["progress"]["step"] = -1
+    else:
+        tensors = {k: (torch.zeros(7, dtype=torch.uint8) if k.startswith("rng.") else v)
+                   for k, v in tensors.items()}
+    (ckpt / STATE).write_text(json.dumps(state))
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(ckpt / "tensors.safetensors"))
+    capsys.readouterr()
+    code = lift_main(_lift_args(work, out, *LIFT_RESUMABLE, "--scenes",
+                                str(work / "scenes" / "scene_000")))
+    line = _error_line(capsys.readouterr().err)
+    assert code == 1 and str(ckpt) in line and message in line, line
+    assert not (out / "scene_000" / OUTPUT_NAME).exists()

@@ -62,6 +62,25 @@ def export_repo(output: Path, teacher: FiT3D | None, finetuned: nn.Module, *, me
     return model
 
 
+def owned_run(output: str | Path, work: Callable[[Any], dict], *, command: str,
+              settings: dict, resume: bool, overwrite: bool,
+              log: Callable[[str], None] = print, **session: Any) -> dict:
+    """``work(accelerator)`` in an accelerator session (``session``: its arguments) that
+    owns ``output`` (:func:`fit3d_hub.runs.claim_output`); ``--resume`` of a run that
+    finished returns its summary without running anything."""
+    from fit3d_hub.distributed import accelerator_session
+    from fit3d_hub.runs import claim_output
+
+    with accelerator_session(**session) as accelerator, \
+            claim_output(output, command=command, settings=settings, resume=resume,
+                         overwrite=overwrite, accelerator=accelerator) as claim:
+        if claim.finished:
+            return finished_summary(Path(output), claim, log)
+        summary = work(accelerator)
+        claim.finish()
+        return summary
+
+
 def finished_summary(output: Path, claim: Any, log: Callable[[str], None] = print) -> dict:
     """What ``--resume`` of a finished run returns (``claim``: its
     :class:`~fit3d_hub.runs.RunClaim`): its summary, with nothing changed."""

@@ -10,14 +10,12 @@ from pathlib import Path
 import torch
 
 from fit3d_hub import load_fit3d
-from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import UsageError
 from fit3d_hub.loading import model_id
 from fit3d_hub.lora import add_lora, merge_lora
 from fit3d_hub.refine import refine_conv
-from fit3d_hub.runs import claim_output
 from scenes.load import scene_paths
-from training.common.export import export_repo, finished_summary, provenance
+from training.common.export import export_repo, owned_run, provenance
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.equivariance.config import EquivarianceConfig
 from training.equivariance.network import EquivarianceNet
@@ -51,16 +49,13 @@ def run_equivariance(scenes: str | Path, backbone: str, output: str | Path,
     The run claims ``output`` (:func:`fit3d_hub.runs.claim_output`)."""
     settings = {"scenes": str(Path(scenes).resolve()), "backbone": model_id(backbone),
                 "config": config.to_json(), "mixed_precision": mixed_precision}
-    with accelerator_session(mixed_precision=mixed_precision) as accelerator, \
-            claim_output(output, command=COMMAND, settings=settings, resume=resume,
-                         overwrite=overwrite, accelerator=accelerator) as claim:
-        if claim.finished:
-            return finished_summary(Path(output), claim, log)
-        summary = _run(accelerator, scenes, backbone, Path(output), config,
-                       mixed_precision=mixed_precision, resume=resume, cache_dir=cache_dir,
-                       progress=progress, log=log)
-        claim.finish()
-        return summary
+    return owned_run(
+        output, lambda accelerator: _run(
+            accelerator, scenes, backbone, Path(output), config,
+            mixed_precision=mixed_precision, resume=resume, cache_dir=cache_dir,
+            progress=progress, log=log),
+        command=COMMAND, settings=settings, resume=resume, overwrite=overwrite, log=log,
+        mixed_precision=mixed_precision)
 
 
 def _run(accelerator, scenes, backbone: str, output: Path, config: EquivarianceConfig, *,

@@ -19,11 +19,9 @@ from safetensors import SafetensorError, safe_open
 
 from fit3d_hub import FiT3D, load_fit3d
 from fit3d_hub.budget import check_bytes
-from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.errors import FiT3DError, OutputWriteError
 from fit3d_hub.loading import model_id
 from fit3d_hub.render.backends import resolve_backend
-from fit3d_hub.runs import claim_output
 from fit3d_hub.weights import (
     check_shapes,
     load_strict,
@@ -33,7 +31,7 @@ from fit3d_hub.weights import (
 )
 from scenes.load import scene_paths
 from scenes.types import SceneError
-from training.common.export import finished_summary, run_settings, write_summary
+from training.common.export import owned_run, run_settings, write_summary
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.fit3d.feedforward.config import FeedForwardConfig, FeedForwardRun, LiftRun
 from training.fit3d.feedforward.data import (
@@ -148,68 +146,68 @@ def run_training(run: FeedForwardRun, config: FeedForwardConfig, *, progress: bo
                  log: Callable[[str], None] = print) -> dict:
     """Train a lifter on ``run.scenes`` and write it to ``run.output``; returns the summary
     (with held-out scenes' figures when ``config.holdout_scenes``)."""
-    with accelerator_session(mixed_precision=run.mixed_precision,
-                             gradient_accumulation_steps=config.grad_accum) as accelerator, \
-            claim_output(run.output, command=COMMAND,
-                         settings={"run": run_settings(run), "config": config.to_json()},
-                         resume=run.resume, overwrite=run.overwrite,
-                         accelerator=accelerator) as claim:
-        if claim.finished:
-            return finished_summary(Path(run.output), claim, log)
-        backend = resolve_backend(run.backend)
-        train_paths, held_paths = split_scenes(scene_paths(run.scenes), config.holdout_scenes)
-        teacher = load_fit3d(run.backbone, mode="original", device=accelerator.device,
-                             cache_dir=run.cache_dir)
-        scenes = load_pool(train_paths, teacher, config, accelerator.device)
-        for scene in scenes:
-            check_enough_views(scene, config.context_views, config.target_views)
-        teacher_dim = int(scenes[0].teacher.shape[1])
-        lifter = build_lifter(lifter_shape(config, teacher_dim), config.seed)
-        model = LifterTraining(lifter, backend, config.ssim_weight)
-        output = Path(run.output)
-        if accelerator.is_main_process:
-            log(f"{len(scenes)} training scene(s), {len(held_paths)} held out; "
-                f"{config.depth} depth, {config.context_views} context + "
-                f"{config.target_views} target views, {config.steps} steps")
-        bar = progress_bar("feed-forward lifter", config.steps,
-                           progress and accelerator.is_local_main_process)
+    return owned_run(
+        run.output, lambda accelerator: _train(accelerator, run, config, progress, log),
+        command=COMMAND, settings={"run": run_settings(run), "config": config.to_json()},
+        resume=run.resume, overwrite=run.overwrite, log=log,
+        mixed_precision=run.mixed_precision, gradient_accumulation_steps=config.grad_accum)
 
-        def on_step(record: dict) -> None:
-            bar.update(record["step"] - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}",
-                            refresh=False)
 
-        try:
-            summary = train(accelerator, model, scenes, config,
-                            checkpoint_dir=output / CHECKPOINTS, resume=run.resume,
-                            settings={"scenes": [s.name for s in scenes],
-                                      "backbone": model_id(run.backbone), "backend": backend,
-                                      "mixed_precision": run.mixed_precision},
-                            on_step=on_step)
-        finally:
-            bar.close()
-        trained = accelerator.unwrap_model(model).lifter.eval()
-        held = {}
-        if held_paths:
-            with torch.no_grad():
-                for scene in load_pool(held_paths, teacher, config, accelerator.device):
-                    held[scene.name] = evaluate_views(trained, scene, backend,
-                                                      config.context_views)
-        summary["held_out"] = held
-        if accelerator.is_main_process:
-            record = {"backbone": run.backbone, "patch_size": teacher.patch_size,
-                      "downscale": config.downscale, "scenes": [s.name for s in scenes],
-                      "held_out_scenes": [p.name for p in held_paths], "steps": summary["steps"],
-                      "config": config.to_json(),
-                      "versions": {"torch": torch.__version__}}
-            save_lifter(output, trained, record)
-            write_summary(output / "training_summary.json",
-                          {**summary, "config": config.to_json()})
-            log(f"wrote {output / LIFTER_FILE} ({summary['steps']} steps, final loss "
-                f"{summary['final_loss']:.4f}); lift scenes with python -m "
-                f"training.fit3d.feedforward.lift --model {output} --scenes DIR --output DIR")
-        claim.finish()
-        return summary
+def _train(accelerator, run, config, progress: bool, log: Callable[[str], None]) -> dict:
+    """The run's work, in the session that owns its output."""
+    backend = resolve_backend(run.backend)
+    train_paths, held_paths = split_scenes(scene_paths(run.scenes), config.holdout_scenes)
+    teacher = load_fit3d(run.backbone, mode="original", device=accelerator.device,
+                         cache_dir=run.cache_dir)
+    scenes = load_pool(train_paths, teacher, config, accelerator.device)
+    for scene in scenes:
+        check_enough_views(scene, config.context_views, config.target_views)
+    teacher_dim = int(scenes[0].teacher.shape[1])
+    lifter = build_lifter(lifter_shape(config, teacher_dim), config.seed)
+    model = LifterTraining(lifter, backend, config.ssim_weight)
+    output = Path(run.output)
+    if accelerator.is_main_process:
+        log(f"{len(scenes)} training scene(s), {len(held_paths)} held out; "
+            f"{config.depth} depth, {config.context_views} context + "
+            f"{config.target_views} target views, {config.steps} steps")
+    bar = progress_bar("feed-forward lifter", config.steps,
+                       progress and accelerator.is_local_main_process)
+
+    def on_step(record: dict) -> None:
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}",
+                        refresh=False)
+
+    try:
+        summary = train(accelerator, model, scenes, config,
+                        checkpoint_dir=output / CHECKPOINTS, resume=run.resume,
+                        settings={"scenes": [s.name for s in scenes],
+                                  "backbone": model_id(run.backbone), "backend": backend,
+                                  "mixed_precision": run.mixed_precision},
+                        on_step=on_step)
+    finally:
+        bar.close()
+    trained = accelerator.unwrap_model(model).lifter.eval()
+    held = {}
+    if held_paths:
+        with torch.no_grad():
+            for scene in load_pool(held_paths, teacher, config, accelerator.device):
+                held[scene.name] = evaluate_views(trained, scene, backend,
+                                                  config.context_views)
+    summary["held_out"] = held
+    if accelerator.is_main_process:
+        record = {"backbone": run.backbone, "patch_size": teacher.patch_size,
+                  "downscale": config.downscale, "scenes": [s.name for s in scenes],
+                  "held_out_scenes": [p.name for p in held_paths], "steps": summary["steps"],
+                  "config": config.to_json(),
+                  "versions": {"torch": torch.__version__}}
+        save_lifter(output, trained, record)
+        write_summary(output / "training_summary.json",
+                      {**summary, "config": config.to_json()})
+        log(f"wrote {output / LIFTER_FILE} ({summary['steps']} steps, final loss "
+            f"{summary['final_loss']:.4f}); lift scenes with python -m "
+            f"training.fit3d.feedforward.lift --model {output} --scenes DIR --output DIR")
+    return summary
 
 
 def context_views_of(scene: PooledScene, max_context: int) -> list[int]:

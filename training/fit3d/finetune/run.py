@@ -8,12 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fit3d_hub import get_transform, load_fit3d
-from fit3d_hub.distributed import accelerator_session
 from fit3d_hub.loading import model_id
 from fit3d_hub.render.backends import resolve_backend
-from fit3d_hub.runs import claim_output
 from scenes.load import scene_paths
-from training.common.export import export_repo, finished_summary, provenance
+from training.common.export import export_repo, owned_run, provenance
 from training.common.loop import CHECKPOINTS, progress_bar
 from training.fit3d.finetune.config import FinetuneConfig
 from training.fit3d.finetune.data import LiftedStore, check_memory, find_lifted
@@ -38,17 +36,13 @@ def run_finetune(lifted: str | Path, backbone: str, output: str | Path,
     settings = {"lifted": str(Path(lifted).resolve()), "backbone": model_id(backbone),
                 "scenes": str(scenes), "config": config.to_json(),
                 "mixed_precision": mixed_precision}
-    with accelerator_session(mixed_precision=mixed_precision,
-                             gradient_accumulation_steps=config.grad_accum) as accelerator, \
-            claim_output(output, command=COMMAND, settings=settings, resume=resume,
-                         overwrite=overwrite, accelerator=accelerator) as claim:
-        if claim.finished:
-            return finished_summary(Path(output), claim, log)
-        summary = _run(accelerator, lifted, backbone, Path(output), config, scenes=scenes,
-                       backend=backend, lazy=lazy, mixed_precision=mixed_precision,
-                       resume=resume, cache_dir=cache_dir, progress=progress, log=log)
-        claim.finish()
-        return summary
+    return owned_run(
+        output, lambda accelerator: _run(
+            accelerator, lifted, backbone, Path(output), config, scenes=scenes,
+            backend=backend, lazy=lazy, mixed_precision=mixed_precision, resume=resume,
+            cache_dir=cache_dir, progress=progress, log=log),
+        command=COMMAND, settings=settings, resume=resume, overwrite=overwrite, log=log,
+        mixed_precision=mixed_precision, gradient_accumulation_steps=config.grad_accum)
 
 
 def _run(accelerator, lifted: str | Path, backbone: str, output: Path, config: FinetuneConfig,
