@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fit3d_hub.errors import OutputWriteError
+from fit3d_hub.errors import FiT3DError, OutputWriteError, RepoFormatError
 
 TMP = ".fit3d-tmp-"
 """What every temporary this project writes has in its name (``.<target>.fit3d-tmp-<pid>-
@@ -275,3 +275,18 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def finish_interrupted_save(directory: Path) -> None:
+    """Complete a save that a kill cut short after it had committed (all new files written);
+    a folder this process cannot finish it in is refused in one line."""
+    if not pending_commit(directory):
+        return
+    try:
+        finish_commit(directory)
+    except FiT3DError as err:
+        raise RepoFormatError(f"{directory}: a save was interrupted and cannot be finished "
+                              f"here ({err}); save the repo again") from None
+    if pending_commit(directory):
+        raise RepoFormatError(f"{directory}: another process is saving this repo now; load "
+                              "it when that save is done")

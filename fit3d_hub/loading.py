@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fit3d_hub.atomic import finish_interrupted_save
 from fit3d_hub.errors import (
     HubFileNotFoundError,
     RepoFormatError,
@@ -154,9 +155,7 @@ def _base_ref_file(config: RepoConfig, where: str) -> HubFile:
 
 def _resolve_repo_dir(directory: Path, mode: str | None, pretrained: bool, cache_dir,
                       local_files_only, hint: str) -> ResolvedModel:
-    from fit3d_hub.repo_format import finish_interrupted_save
-
-    finish_interrupted_save(directory)
+    finish_interrupted_save(directory)  # a save cut short after its commit (no torch)
     config = read_config(directory / CONFIG_NAME)
     mode = repo_mode(config, mode, str(directory))
     if not pretrained:

@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from fit3d_hub.atomic import atomic_files
+from fit3d_hub.atomic import atomic_files, finish_interrupted_save
 from fit3d_hub.budget import check_bytes
 from fit3d_hub.cards import render_card
-from fit3d_hub.errors import CheckpointError, FiT3DError, RepoFormatError, RepoWeightsError
+from fit3d_hub.errors import CheckpointError, RepoFormatError, RepoWeightsError
 from fit3d_hub.methods import get_method
 from fit3d_hub.schema import (
     BASE_WEIGHTS_NAME,
@@ -228,20 +228,3 @@ def validate_repo(directory: str | Path) -> RepoConfig:
         raise RepoFormatError(f"{directory}: has no {BASE_WEIGHTS_NAME} and config.json "
                               "'fit3d.base' is null: the original backbone cannot be found")
     return config
-
-
-def finish_interrupted_save(directory: Path) -> None:
-    """Complete a save that a kill cut short after it had committed (all new files written);
-    a folder this process cannot finish it in is refused in one line."""
-    from fit3d_hub.atomic import finish_commit, pending_commit
-
-    if not pending_commit(directory):
-        return
-    try:
-        finish_commit(directory)
-    except FiT3DError as err:
-        raise RepoFormatError(f"{directory}: a save was interrupted and cannot be finished "
-                              f"here ({err}); save the repo again") from None
-    if pending_commit(directory):
-        raise RepoFormatError(f"{directory}: another process is saving this repo now; load "
-                              "it when that save is done")
