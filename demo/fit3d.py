@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from demo.common import backbone_or_demo
 from eval.consistency import consistency
 from fit3d_hub import FiT3D, get_transform, load_fit3d
 from fit3d_hub.atomic import save_image_atomic
 from fit3d_hub.errors import TrainingStopped
-from fit3d_hub.pca import pca_rgb_shared, side_by_side
+from fit3d_hub.pca import pca_rgb_shared, side_by_side, stacked
 from scenes.correspondence import correspondences
 from scenes.holdout import training_views
 from scenes.io import load_depth, load_rgb
@@ -112,12 +111,7 @@ def write_pictures(model: FiT3D, scene_dir: Path, lifted_dir: Path, views: list[
             rows.append(side_by_side([(f"view {v}", im), ("original", original[i]),
                                       ("fine-tuned", finetuned[i])], 160))
             rendered.append((f"rendered {v}", decoded[i]))
-    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for r in rows:
-        canvas.paste(r, (0, y))
-        y += r.height
-    save_image_atomic(output / "pca.png", canvas)
+    save_image_atomic(output / "pca.png", stacked(rows))
     save_image_atomic(output / "rendered_features.png", side_by_side(rendered, 160))
     written += [output / "pca.png", output / "rendered_features.png"]
     return written

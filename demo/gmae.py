@@ -35,7 +35,7 @@ from eval.gmae import (
 from fit3d_hub import load_fit3d
 from fit3d_hub.atomic import save_image_atomic
 from fit3d_hub.gmae import depth_layers, depth_maps, image_gaussians, patchify
-from fit3d_hub.pca import side_by_side
+from fit3d_hub.pca import side_by_side, stacked
 from fit3d_hub.registry import IMAGENET_MEAN, IMAGENET_STD
 from fit3d_hub.transforms import normalize
 from scenes.io import load_rgb
@@ -203,10 +203,4 @@ def _pictures(gaussians, maps: dict, target: torch.Tensor, path: Path, side: int
         panels += [("depth", rgb(depth[i])), ("figure", rgb(maps["foreground"][i])),
                    ("edges", rgb(maps["edges"][i]))]
         rows.append(side_by_side(panels, 96))
-    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)),
-                       "white")
-    y = 0
-    for r in rows:
-        canvas.paste(r, (0, y))
-        y += r.height
-    return save_image_atomic(path, canvas)
+    return save_image_atomic(path, stacked(rows))

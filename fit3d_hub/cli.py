@@ -209,11 +209,10 @@ class FeaturesArgs:
 
     def __call__(self) -> int:
         import torch
-        from PIL import Image
 
         from fit3d_hub.atomic import save_image_atomic
         from fit3d_hub.loading import load_fit3d
-        from fit3d_hub.pca import pca_rgb_shared, side_by_side
+        from fit3d_hub.pca import pca_rgb_shared, side_by_side, stacked
         from fit3d_hub.transforms import get_transform
 
         images = [_read_image(path) for path in self.images]
@@ -249,12 +248,7 @@ class FeaturesArgs:
         rows = [side_by_side([("input", inputs[i])]
                              + [(t, pictures[b][i]) for t, b in branches], height=height)
                 for i in range(len(images))]
-        canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)),
-                           "white")
-        y = 0
-        for r in rows:
-            canvas.paste(r, (0, y))
-            y += r.height
+        canvas = stacked(rows)
         output = save_image_atomic(self.output, canvas)
         grid = outs[0].features.shape[-2:]
         print(f"wrote {output} ({canvas.width}x{canvas.height}; {len(images)} image(s), one "

@@ -79,3 +79,14 @@ def side_by_side(panels: Sequence[tuple[str, np.ndarray]], height: int = 256) ->
         draw.text((x + 3, 3), title, fill="black")
         x += img.width + 4
     return canvas
+
+
+def stacked(rows: Sequence[Image.Image]) -> Image.Image:
+    """Rows (e.g. from :func:`side_by_side`) one below the other on white, left-aligned."""
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)),
+                       "white")
+    y = 0
+    for row in rows:
+        canvas.paste(row, (0, y))
+        y += row.height
+    return canvas
