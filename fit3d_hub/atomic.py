@@ -70,6 +70,14 @@ def remove_stale_temporaries(folder: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def _temporary(folder: Path, name: str) -> Path:
+    """A new empty hidden file in ``folder`` named as this project's temporaries of ``name``
+    are (what cleanup recognises)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP}{os.getpid()}-", dir=folder)
+    os.close(fd)
+    return Path(tmp)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -99,9 +107,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}{TMP}{os.getpid()}-", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+        tmp = _temporary(path.parent, path.name)
         yield tmp
         # mkstemp (and safetensors) create private 0600 files; use what open() would give.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -182,10 +188,9 @@ class FileSet:
 
     def path(self, name: str) -> Path:
         """A temporary to write ``name`` into; it takes that name when the change commits."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP}{os.getpid()}-", dir=self.folder)
-        os.close(fd)
-        self.renames.append((Path(tmp).name, name))
-        return Path(tmp)
+        tmp = _temporary(self.folder, name)
+        self.renames.append((tmp.name, name))
+        return tmp
 
     def delete(self, name: str) -> None:
         self.deletes.append(name)
@@ -248,7 +253,7 @@ def atomic_files(folder: str | Path) -> Iterator[FileSet]:
     and on disk, a journal naming the renames is written atomically, then applied and
     removed. A kill before the journal leaves the old files (and stale temporaries); a kill
     after it leaves a change that :func:`finish_commit` completes, which the next writer
-    and every reader of a repo (:func:`fit3d_hub.repo_format.check_repo`) call first.
+    and every reader of a repo (:func:`finish_interrupted_save`) call first.
     """
     folder = Path(folder)
     files = FileSet(folder)

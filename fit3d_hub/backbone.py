@@ -70,7 +70,12 @@ def vit_skeleton(architecture: str, model_args: Mapping[str, Any] | None = None,
     """The ViT on PyTorch's meta device: every shape, no memory. What timm cannot build
     from ``model_args`` (an unknown norm layer, a zero patch size, heads that do not divide
     the width) is one :class:`RepoFormatError` naming ``where``."""
-    args = _checked_args(architecture, model_args, pretrained_cfg, where)
+    return _skeleton(architecture, _checked_args(architecture, model_args, pretrained_cfg,
+                                                 where), where)
+
+
+def _skeleton(architecture: str, args: dict[str, Any], where: str) -> nn.Module:
+    """:func:`vit_skeleton` from arguments :func:`_checked_args` has checked."""
     try:
         key = json.dumps([architecture, args], sort_keys=True)
     except (TypeError, ValueError):
@@ -118,9 +123,9 @@ def create_vit(architecture: str, model_args: Mapping[str, Any] | None = None,
     offline mode are honoured in one place. The model is sized on the meta device first and
     refused (:class:`~fit3d_hub.budget.BudgetError`) when over the memory budget.
     """
-    skeleton = vit_skeleton(architecture, model_args, pretrained_cfg, where=where)
-    check_bytes(state_bytes(skeleton), where, f"{architecture!r} with these model_args")
     args = _checked_args(architecture, model_args, pretrained_cfg, where)
+    check_bytes(state_bytes(_skeleton(architecture, args, where)), where,
+                f"{architecture!r} with these model_args")
     return timm.create_model(architecture, pretrained=False, **args).eval()
 
 
@@ -152,8 +157,7 @@ def load_vit(architecture: str, model_args: Mapping[str, Any] | None = None,
         skeleton = vit_skeleton(architecture, model_args, pretrained_cfg, where=where)
         found, _ = read_header(weights)
         if drop_classifier:
-            found = {k: v for k, v in found.items()
-                     if k in drop_prefixes(dict.fromkeys(found), classifier_prefixes(skeleton))}
+            found = drop_prefixes(found, classifier_prefixes(skeleton))
         check_shapes(state_shapes(skeleton), found, str(weights))
     vit = create_vit(architecture, model_args, pretrained_cfg, where=where)
     if weights is not None:

@@ -521,8 +521,7 @@ class Checkpointer:
         if found is None:
             return None
         saved = SavedRun(read_checkpoint(found, self.settings, self.may_change), self.rank)
-        step = saved.checkpoint.state.get("progress", {}).get("step") \
-            if isinstance(saved.checkpoint.state.get("progress"), dict) else None
+        step = saved.checkpoint.state.get("progress", {}).get("step")  # an object: read_state
         # progress is checked against the checkpoint itself: its folder is named by its step
         if not isinstance(step, int) or isinstance(step, bool) or step < 0 \
                 or found.name != self.path(step).name:

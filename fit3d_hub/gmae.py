@@ -260,9 +260,10 @@ def depth_maps(gaussians: Gaussians, height: int, width: int, backend: str = "au
             "edges": edges}
 
 
-def build_decoder(spec, encoder: nn.Module) -> nn.Module:
+def build_decoder(spec, encoder: nn.Module, *, where: str = "fit3d.gmae") -> nn.Module:
     """The decoder a repo's ``fit3d.gmae`` record describes, for ``encoder`` (random
-    weights), sized on the meta device and checked against the memory budget first."""
+    weights), sized on the meta device and checked against the memory budget first
+    (``where`` names the record in errors)."""
     from fit3d_hub.backbone import state_bytes
     from fit3d_hub.budget import check_bytes
 
@@ -277,8 +278,7 @@ def build_decoder(spec, encoder: nn.Module) -> nn.Module:
                             spec.heads)
 
     with torch.device("meta"):
-        check_bytes(state_bytes(make()), "fit3d.gmae", f"a {spec.decoder} decoder of these "
-                    "sizes")
+        check_bytes(state_bytes(make()), where, f"a {spec.decoder} decoder of these sizes")
     return make()
 
 

@@ -31,6 +31,13 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_pixels(width: int, height: int, path: str | Path) -> None:
+    """Refuse (:class:`~fit3d_hub.errors.BudgetError`) an image whose header declares more
+    pixels than the memory budget can decode."""
+    check_bytes(BYTES_PER_PIXEL * width * height, str(path),
+                f"decoding this {width}x{height} image")
+
+
 def read_image(path: str | Path, *, error: type[FiT3DError] = FiT3DError) -> Image.Image:
     """The image at ``path`` as 8-bit RGB, decoded whole. Its size is read from the header
     and checked against the memory budget first; a missing, damaged or oversized file is
@@ -38,8 +45,7 @@ def read_image(path: str | Path, *, error: type[FiT3DError] = FiT3DError) -> Ima
     path = Path(path)
     try:
         with Image.open(path) as img:
-            check_bytes(BYTES_PER_PIXEL * img.width * img.height, str(path),
-                        f"decoding this {img.width}x{img.height} image")
+            check_pixels(img.width, img.height, path)
             img.load()
             return to_rgb8(img)
     except FileNotFoundError:

@@ -11,11 +11,12 @@ from fit3d_hub.schema import RefineSpec
 from fit3d_hub.weights import load_strict, read_state_dict, save_state_dict
 
 
-def refine_conv(channels: int, kernel_size: int = 3) -> nn.Conv2d:
+def refine_conv(channels: int, kernel_size: int = 3, *,
+                where: str = "fit3d.refine.kernel_size") -> nn.Conv2d:
     """``Conv2d(C, C, k, padding=k // 2)`` with bias and PyTorch's default initialisation
     (the authors': no identity start, no residual). Its size is checked against the memory
-    budget first: ``kernel_size`` comes from config.json."""
-    check_bytes(4 * channels * (channels * kernel_size**2 + 1), "fit3d.refine.kernel_size",
+    budget first: ``kernel_size`` comes from config.json (``where`` names it in errors)."""
+    check_bytes(4 * channels * (channels * kernel_size**2 + 1), where,
                 f"a {kernel_size}x{kernel_size} refine conv of {channels} channels")
     return nn.Conv2d(channels, channels, kernel_size, stride=1, padding=kernel_size // 2)
 

@@ -151,6 +151,7 @@ def check_weights(config: RepoConfig, files: Mapping[str, Path | None], *,
 
     from fit3d_hub.backbone import classifier_prefixes, state_bytes, state_shapes, vit_skeleton
     from fit3d_hub.gmae import build_decoder
+    from fit3d_hub.refine import refine_conv
 
     where = config.source
     skeleton = vit_skeleton(config.architecture, config.model_args,
@@ -160,18 +161,16 @@ def check_weights(config: RepoConfig, files: Mapping[str, Path | None], *,
     if not -depth <= block.layer < depth:
         raise RepoFormatError(f"{where}: field 'fit3d.layer' is {block.layer}; this "
                               f"architecture has blocks {-depth}..{depth - 1}")
-    width = int(skeleton.embed_dim)
-    expected = {"finetuned": state_shapes(skeleton), "original": state_shapes(skeleton)}
-    sizes = {"finetuned": state_bytes(skeleton), "original": state_bytes(skeleton)}
-    if block.refine is not None:
-        k = block.refine.kernel_size
-        expected["refine"] = {"weight": (width, width, k, k), "bias": (width,)}
-        sizes["refine"] = 4 * width * (width * k * k + 1)
-    if block.gmae is not None:
-        with torch.device("meta"):
-            decoder = build_decoder(block.gmae, skeleton)
-        expected["decoder"] = state_shapes(decoder)
-        sizes["decoder"] = state_bytes(decoder)
+    modules = {"finetuned": skeleton, "original": skeleton}
+    with torch.device("meta"):  # each builder checks its own size against the budget
+        if block.refine is not None:
+            modules["refine"] = refine_conv(int(skeleton.embed_dim), block.refine.kernel_size,
+                                            where=f"{where}: field 'fit3d.refine.kernel_size'")
+        if block.gmae is not None:
+            modules["decoder"] = build_decoder(block.gmae, skeleton,
+                                               where=f"{where}: field 'fit3d.gmae'")
+    expected = {role: state_shapes(module) for role, module in modules.items()}
+    sizes = {role: state_bytes(module) for role, module in modules.items()}
     wanted = {role: Path(path) for role, path in files.items() if path is not None}
     check_bytes(sum(sizes.get(role, 0) for role in wanted), where,
                 f"loading {' + '.join(wanted) or 'this repo'}")
@@ -187,8 +186,7 @@ def check_weights(config: RepoConfig, files: Mapping[str, Path | None], *,
         except CheckpointError as err:
             raise RepoWeightsError(str(err)) from None
         if role == "original" and base_from_timm:
-            keep = drop_prefixes(dict.fromkeys(shapes), classifier_prefixes(skeleton))
-            shapes = {k: v for k, v in shapes.items() if k in keep}
+            shapes = drop_prefixes(shapes, classifier_prefixes(skeleton))
         elif config.write_id is not None and metadata.get(WRITE_ID_KEY, config.write_id) \
                 != config.write_id:
             raise RepoFormatError(f"{path}: written by another save than {where} (save id "

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fit3d_hub.atomic import write_text_atomic
+from fit3d_hub.checkpoint import PREFIX
 from fit3d_hub.errors import UsageError
 
 RECORD = ".fit3d-run.json"
@@ -58,7 +59,11 @@ def _holder(record: dict[str, Any] | None) -> str:
 
 
 def _has_checkpoints(checkpoints: Path) -> bool:
-    return checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.rglob("step_*"))
+    return checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.rglob(f"{PREFIX}*"))
+
+
+def _write_record(output: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(output / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 @dataclass
@@ -75,17 +80,17 @@ class RunClaim:
         if self.main:
             self.record = {**self.record, "finished": True,
                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            write_text_atomic(self.output / RECORD, json.dumps(self.record, indent=1) + "\n")
+            _write_record(self.output, self.record)
 
 
 @contextmanager
 def claim_output(output: str | Path, *, command: str, settings: Mapping[str, Any],
-                 resume: bool, overwrite: bool = False, checkpoints: str | Path | None = None,
+                 resume: bool, checkpoints: str | Path, overwrite: bool = False,
                  accelerator: Any = None) -> Iterator[RunClaim]:
-    """Claim ``output`` for one run (see the module's rules); every process of a distributed
-    run calls it, the main one holds the lock and writes the record."""
-    output = Path(output)
-    checkpoints = Path(checkpoints) if checkpoints is not None else output / "checkpoints"
+    """Claim ``output`` for one run (see the module's rules), whose checkpoints go to
+    ``checkpoints``; every process of a distributed run calls it, the main one holds the
+    lock and writes the record."""
+    output, checkpoints = Path(output), Path(checkpoints)
     main = accelerator is None or accelerator.is_main_process
     digest = settings_hash(settings)
     handle = None
@@ -114,7 +119,7 @@ def claim_output(output: str | Path, *, command: str, settings: Mapping[str, Any
             record = {"command": command, "settings_hash": digest,
                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
                       "host": socket.gethostname(), "finished": False}
-            write_text_atomic(output / RECORD, json.dumps(record, indent=1) + "\n")
+            _write_record(output, record)
         if accelerator is not None:
             accelerator.wait_for_everyone()
         yield RunClaim(output, record or {}, finished, main)

@@ -36,6 +36,18 @@ MODES = ("concat", "finetuned", "original")
 FUSIONS = ("concat",)
 
 
+def statistics(value: Any, name: str, where: str) -> tuple[float, ...]:
+    """Normalisation statistics (field ``name`` of ``where``): 3 finite numbers, each above
+    0 for a ``std``; anything else is one :class:`RepoFormatError` line."""
+    std = name.endswith("std")
+    if not (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not std)
+                    for v in value)):
+        raise RepoFormatError(f"{where}: field '{name}' must be 3 finite numbers"
+                              f"{', each above 0' if std else ''}; got {value!r}")
+    return tuple(float(v) for v in value)
+
+
 @dataclass
 class BaseRef:
     """Where the original (base) weights of a repo live on the hub."""
@@ -212,15 +224,7 @@ class Fit3DBlock:
             value = raw.get(key)
             if value is None:
                 continue
-            if (not isinstance(value, list) or len(value) != 3
-                    or not all(isinstance(v, (int, float)) for v in value)):
-                raise RepoFormatError(f"{where}: field 'fit3d.{key}' must be 3 numbers")
-            if not all(math.isfinite(v) for v in value) or (
-                    key == "std" and not all(v > 0 for v in value)):
-                raise RepoFormatError(f"{where}: field 'fit3d.{key}' must be 3 finite numbers"
-                                      f"{', each above 0' if key == 'std' else ''}; got "
-                                      f"{value!r}")
-            values[key] = tuple(float(v) for v in value)
+            values[key] = statistics(value, f"fit3d.{key}", where)
         if raw.get("base") is not None:
             values["base"] = BaseRef.from_json(raw["base"], where)
         if raw.get("refine") is not None:
@@ -274,13 +278,8 @@ def read_config(path: str | Path) -> RepoConfig:
     if not isinstance(pretrained_cfg, dict):
         raise RepoFormatError(f"{path}: field 'pretrained_cfg' must be an object")
     for key in ("mean", "std"):  # what timm's data config (and ours, as a fallback) reads
-        value = pretrained_cfg.get(key)
-        if value is not None and not (
-                isinstance(value, list) and len(value) == 3
-                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-                and (key == "mean" or all(v > 0 for v in value))):
-            raise RepoFormatError(f"{path}: field 'pretrained_cfg.{key}' must be 3 finite "
-                                  f"numbers{' above 0' if key == 'std' else ''}; got {value!r}")
+        if pretrained_cfg.get(key) is not None:
+            statistics(pretrained_cfg[key], f"pretrained_cfg.{key}", str(path))
     if "fit3d" not in raw:
         raise RepoFormatError(f"{path}: no 'fit3d' block: this is a plain timm repo, not a "
                               "FiT3D repo (load it with timm.create_model)")

@@ -6,6 +6,7 @@ import pickle
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -19,6 +20,7 @@ from fit3d_hub.errors import CheckpointError, UnsafeCheckpointError
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model")
 _MAX_KEYS_SHOWN = 6
+T = TypeVar("T")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -117,9 +119,9 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def drop_prefixes(state: Mapping[str, torch.Tensor],
-                  prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
-    """State dict without the keys under any of ``prefixes`` (e.g. a classifier ``head``)."""
+def drop_prefixes(state: Mapping[str, T], prefixes: Iterable[str]) -> dict[str, T]:
+    """State dict (or its header's shapes) without the keys under any of ``prefixes`` (e.g. a
+    classifier ``head``)."""
     dotted = tuple(p + "." for p in prefixes if p)
     return {k: v for k, v in state.items() if not k.startswith(dotted)}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fit3d_hub.budget import check_bytes
+from fit3d_hub.images import check_pixels
 from scenes.colmap import find_colmap_model, read_colmap_scene
 from scenes.io import image_size
 from scenes.nerfstudio import read_nerfstudio_scene
@@ -64,7 +64,7 @@ def check_scene(scene: Scene) -> Scene:
                                  "must be inside it (a symlink inside it may point elsewhere)")
         check_camera(frame, where)
         size = image_size(frame.image_path)
-        check_bytes(12 * size[0] * size[1], str(frame.image_path), "decoding this image")
+        check_pixels(*size, frame.image_path)
         cam = frame.camera
         if size != (cam.width, cam.height):
             raise SceneError(f"{frame.image_path}: image is {size[0]}x{size[1]} but the "

@@ -65,6 +65,15 @@ def test_a_symlink_inside_the_scene_folder_may_point_elsewhere(scene, tmp_path):
     assert len(load_scene(scene).frames) == 4
 
 
+def _colmap_copy(synthetic, tmp_path):
+    """The synthetic scene as a COLMAP text model (its images copied) in a new folder."""
+    reference = load_scene(synthetic)
+    root = tmp_path / "colmap"
+    shutil.copytree(synthetic / "images", root / "images")
+    _write_colmap(reference, root / "sparse" / "0", binary=False)
+    return root
+
+
 @pytest.mark.parametrize("camera, message", [
     ("1 PINHOLE 32 32 nan 30 16 16", "fx=nan"),
     ("1 PINHOLE 32 32 0 30 16 16", "fx=0.0"),
@@ -72,22 +81,16 @@ def test_a_symlink_inside_the_scene_folder_may_point_elsewhere(scene, tmp_path):
     ("1 PINHOLE 32 32 30 30 inf 16", "cx=inf"),
 ])
 def test_colmap_cameras_are_checked(synthetic, tmp_path, camera, message):
-    reference = load_scene(synthetic)
-    root = tmp_path / "colmap"
-    shutil.copytree(synthetic / "images", root / "images")
-    _write_colmap(reference, root / "sparse" / "0", binary=False)
+    root = _colmap_copy(synthetic, tmp_path)
     (root / "sparse" / "0" / "cameras.txt").write_text(camera + "\n")
     with pytest.raises(SceneError, match=message):
         load_scene(root)
 
 
 def test_colmap_image_names_cannot_leave_the_scene(synthetic, tmp_path):
-    reference = load_scene(synthetic)
-    root = tmp_path / "colmap"
-    shutil.copytree(synthetic / "images", root / "images")
-    _write_colmap(reference, root / "sparse" / "0", binary=False)
+    root = _colmap_copy(synthetic, tmp_path)
     images = root / "sparse" / "0" / "images.txt"
-    name = reference.frames[0].image_path.name
+    name = load_scene(synthetic).frames[0].image_path.name
     images.write_text(images.read_text().replace(name, f"../../{name}", 1))
     with pytest.raises(SceneError, match="outside the scene folder"):
         load_scene(root)
@@ -96,10 +99,7 @@ def test_colmap_image_names_cannot_leave_the_scene(synthetic, tmp_path):
 def test_point_clouds_and_initial_gaussians_are_budgeted(synthetic, tmp_path, monkeypatch):
     from training.fit3d.lift.gaussians import FeatureGaussians
 
-    reference = load_scene(synthetic)
-    root = tmp_path / "colmap"
-    shutil.copytree(synthetic / "images", root / "images")
-    _write_colmap(reference, root / "sparse" / "0", binary=False)
+    root = _colmap_copy(synthetic, tmp_path)
     monkeypatch.setenv("FIT3D_HUB_MAX_BYTES", "20KB")
     with pytest.raises(BudgetError, match="points3D.txt: parsing these points"):
         load_scene(root)

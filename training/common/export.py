@@ -70,10 +70,12 @@ def owned_run(output: str | Path, work: Callable[[Any], dict], *, command: str,
     finished returns its summary without running anything."""
     from fit3d_hub.distributed import accelerator_session
     from fit3d_hub.runs import claim_output
+    from training.common.loop import CHECKPOINTS
 
     with accelerator_session(**session) as accelerator, \
             claim_output(output, command=command, settings=settings, resume=resume,
-                         overwrite=overwrite, accelerator=accelerator) as claim:
+                         checkpoints=Path(output) / CHECKPOINTS, overwrite=overwrite,
+                         accelerator=accelerator) as claim:
         if claim.finished:
             return finished_summary(Path(output), claim, log)
         summary = work(accelerator)

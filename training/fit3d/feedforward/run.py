@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from fit3d_hub import FiT3D, load_fit3d
+from fit3d_hub.backbone import state_bytes, state_shapes
 from fit3d_hub.budget import check_bytes
 from fit3d_hub.errors import FiT3DError, OutputWriteError
 from fit3d_hub.loading import model_id
@@ -116,10 +117,8 @@ def load_lifter(folder: str | Path, device: torch.device | str = "cpu"
             skeleton = FeedForwardLifter(shape)
     except (TypeError, ValueError, RuntimeError, AssertionError) as err:
         raise LifterFileError(f"{path}: bad 'shape' metadata ({err})") from None
-    check_bytes(sum(t.numel() * t.element_size() for t in skeleton.state_dict().values()),
-                f"{path}: 'shape' metadata", "this lifter")
-    check_shapes({k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
-                 read_header(path)[0], str(path))
+    check_bytes(state_bytes(skeleton), f"{path}: 'shape' metadata", "this lifter")
+    check_shapes(state_shapes(skeleton), read_header(path)[0], str(path))
     lifter = FeedForwardLifter(shape)
     load_strict(lifter, read_state_dict(path), str(path))
     return lifter.to(device).eval(), meta
